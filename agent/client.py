@@ -1,0 +1,143 @@
+"""Typed HTTP client for one agent, used by the controller.
+
+Imports only httpx and the wire schemas, so the controller can use it on a machine without libvirt.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from agent.schemas import (
+    AgentError,
+    ConsoleOutput,
+    HostInfo,
+    SecurityGroupSpec,
+    ServerAction,
+    ServerSpec,
+    ServerState,
+)
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# A soft stop waits for an ACPI shutdown and a first boot may download its image: minutes, not seconds.
+DEFAULT_TIMEOUT = 180.0
+CONNECT_TIMEOUT = 5.0
+
+_GROUPS = TypeAdapter(list[SecurityGroupSpec])
+
+
+class AgentClientError(Exception):
+    """Base of everything AgentClient raises."""
+
+
+class AgentUnreachable(AgentClientError):
+    """The agent could not be reached, or did not answer in time."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"agent at {url} unreachable: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class AgentCallError(AgentClientError):
+    """The agent answered with a non-2xx status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class AgentClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def host_info(self, *, request_id: str | None = None) -> HostInfo:
+        return HostInfo.model_validate(self._call("GET", "/v1/host", request_id=request_id))
+
+    def put_server(self, spec: ServerSpec, *, request_id: str | None = None) -> ServerState:
+        body = spec.model_dump(mode="json")
+        data = self._call("PUT", f"/v1/servers/{spec.id}", json=body, request_id=request_id)
+        return ServerState.model_validate(data)
+
+    def get_server(self, server_id: str, *, request_id: str | None = None) -> ServerState:
+        return ServerState.model_validate(
+            self._call("GET", f"/v1/servers/{server_id}", request_id=request_id)
+        )
+
+    def delete_server(self, server_id: str, *, request_id: str | None = None) -> None:
+        self._call("DELETE", f"/v1/servers/{server_id}", request_id=request_id)
+
+    def server_action(
+        self, server_id: str, action: ServerAction, *, request_id: str | None = None
+    ) -> ServerState:
+        body = action.model_dump(mode="json")
+        data = self._call("POST", f"/v1/servers/{server_id}/action", json=body, request_id=request_id)
+        return ServerState.model_validate(data)
+
+    def console_output(
+        self, server_id: str, length: int | None = None, *, request_id: str | None = None
+    ) -> str:
+        params = {"length": length} if length is not None else None
+        data = self._call("GET", f"/v1/servers/{server_id}/console", params=params, request_id=request_id)
+        return ConsoleOutput.model_validate(data).output
+
+    def put_security_groups(self, groups: list[SecurityGroupSpec], *, request_id: str | None = None) -> None:
+        body = _GROUPS.dump_python(groups, mode="json")
+        self._call("PUT", "/v1/security-groups", json=body, request_id=request_id)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        try:
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise AgentUnreachable(self.base_url, f"{type(exc).__name__}: {exc}") from exc
+        log.debug("agent %s %s %s -> %s", self.base_url, method, path, response.status_code)
+        if response.is_success:
+            return response.json() if response.content else None
+        raise _call_error(response)
+
+
+def _call_error(response: httpx.Response) -> AgentCallError:
+    try:
+        error = AgentError.model_validate_json(response.content)
+    except ValidationError:
+        text = response.text.strip()[:500] or response.reason_phrase
+        return AgentCallError(response.status_code, f"HTTP.{response.status_code}", text)
+    return AgentCallError(response.status_code, error.code, error.message)

@@ -1,0 +1,137 @@
+"""Agent application factory: wires settings, the service, the routes and the controller heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from agent.api import RequestIdFilter, RequestIdMiddleware, install_error_handlers, router
+from agent.config import AgentSettings
+from agent.schemas import HostInfo
+from agent.service import AgentService
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log to stderr with the request id of the current request in every line."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class Heartbeat:
+    """Registers this host with the controller and repeats the same call every `interval` seconds.
+
+    The controller treats the first call as registration and later ones as heartbeats; failures are logged and
+    retried at the next tick, so an agent started before its controller joins as soon as the controller is up.
+    """
+
+    def __init__(
+        self,
+        controller_url: str,
+        token: str,
+        interval: float,
+        host_info: Callable[[], HostInfo],
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._url = controller_url.rstrip("/") + "/internal/hosts"
+        self._interval = interval
+        self._host_info = host_info
+        self._http = httpx.Client(
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            transport=transport,
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent-heartbeat", daemon=True)
+        self._healthy: bool | None = None
+        self.beats = 0  # successful calls, for tests and logs
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=35.0)
+        self._http.close()
+
+    def beat(self) -> bool:
+        """One registration/heartbeat call; True when the controller accepted it."""
+        try:
+            info = self._host_info()
+            response = self._http.post(self._url, json=info.model_dump(mode="json"))
+            response.raise_for_status()
+        except Exception as exc:  # any failure is retried at the next tick
+            self._set_healthy(False, f"{type(exc).__name__}: {exc}")
+            return False
+        self.beats += 1
+        self._set_healthy(True, f"host {info.host_id} with {len(info.servers)} servers")
+        return True
+
+    def _set_healthy(self, healthy: bool, detail: str) -> None:
+        # Log transitions loudly and repeats quietly, so a controller outage does not flood the log.
+        if healthy and self._healthy is not True:
+            log.info("registered with controller %s: %s", self._url, detail)
+        elif not healthy and self._healthy is not False:
+            log.warning("controller %s not reachable, will retry: %s", self._url, detail)
+        else:
+            log.debug("heartbeat to %s: %s", self._url, detail)
+        self._healthy = healthy
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.beat()
+            self._stop.wait(self._interval)
+
+
+def create_app(settings: AgentSettings, service: AgentService | None = None) -> FastAPI:
+    """Build the agent app; without `service` it is built from `settings` (real libvirt and host network)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        agent = service or AgentService.from_settings(settings)
+        app.state.service = agent
+        settings.persist_host_id()
+        agent.check()
+        try:
+            agent.resync()
+        except Exception:  # keep serving: the controller's reconciler sees the drift and repairs it
+            log.exception("resync from stored specs failed")
+        heartbeat = None
+        if settings.controller_url:
+            heartbeat = Heartbeat(
+                settings.controller_url,
+                settings.join_token.get_secret_value(),
+                settings.heartbeat_seconds,
+                agent.host_info,
+            )
+            heartbeat.start()
+        app.state.heartbeat = heartbeat
+        log.info("agent %s serving at %s", settings.resolved_host_id, settings.url)
+        try:
+            yield
+        finally:
+            if heartbeat is not None:
+                heartbeat.stop()
+            if service is None:
+                agent.close()
+
+    app = FastAPI(title="labcloud agent", lifespan=lifespan)
+    app.state.join_token = settings.join_token.get_secret_value()
+    app.state.service = service
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

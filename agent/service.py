@@ -1,0 +1,481 @@
+"""Agent orchestration: makes the host match the desired servers the controller PUTs.
+
+Imports no libvirt, pyroute2 or qemu-img code of its own: it drives the virt, storage and net layers. The
+desired spec of every server is kept as JSON under `<state>/specs/`, so after a restart the agent rebuilds its
+networks and firewall from those files together with what libvirt reports.
+
+Locking: one lock per server id serializes operations on that server; one global lock serializes everything
+that looks at all servers at once (networks, DHCP, firewall). A server lock is always taken before the global
+one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agent.config import AgentSettings
+from agent.errors import AgentFailure, NetworkError, NotFound, StorageError, VirtError
+from agent.net.names import bridge_name, tap_name
+from agent.net.network import BoundPort, HostNetwork, NullNetwork
+from agent.schemas import (
+    HostInfo,
+    PortSpec,
+    SecurityGroupSpec,
+    ServerAction,
+    ServerSpec,
+    ServerState,
+)
+from agent.storage.disks import create_overlay, remove_disk
+from agent.storage.images import ImageCache
+from agent.storage.layout import ensure_instance_dir, image_cache_dir, instance_paths, remove_instance_dir
+from agent.storage.seed import build_seed
+from agent.virt.accel import detect_accelerator
+from agent.virt.designer import design_domain
+from agent.virt.domain_xml import render_domain
+from agent.virt.host import LibvirtHost
+
+log = logging.getLogger(__name__)
+
+SERVER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_SERVER_ID = re.compile(SERVER_ID_PATTERN)
+_ACTIVE = ("running", "paused")
+GIB = 1024**3
+CONSOLE_TAIL_BYTES = 1024 * 1024  # a console log grows without bound; never read more than its last MiB
+
+
+class InvalidRequest(AgentFailure):
+    code = "Agent.0400"
+    status = 400
+
+
+def check_server_id(server_id: str) -> None:
+    """Server ids name files and domains: one safe path component."""
+    if not _SERVER_ID.fullmatch(server_id):
+        raise InvalidRequest(f"invalid server id {server_id!r}")
+
+
+class SpecStore:
+    """Desired server specs, one JSON file per server, replaced atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, server_id: str) -> Path:
+        return self.directory / f"{server_id}.json"
+
+    def get(self, server_id: str) -> ServerSpec | None:
+        try:
+            return ServerSpec.model_validate_json(self._path(server_id).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def put(self, spec: ServerSpec) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{spec.id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(spec.model_dump_json(indent=2))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path(spec.id))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def delete(self, server_id: str) -> None:
+        self._path(server_id).unlink(missing_ok=True)
+
+    def all(self) -> list[ServerSpec]:
+        specs = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                specs.append(ServerSpec.model_validate_json(path.read_bytes()))
+            except (OSError, ValidationError) as exc:  # one bad file must not stop the whole host
+                log.error("ignoring unreadable spec %s: %s", path, exc)
+        return specs
+
+
+class Rollback:
+    """Undo actions of one call, registered before each change is made and run newest first on failure."""
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self._actions: list[tuple[str, Callable[[], object]]] = []
+
+    def add(self, what: str, action: Callable[[], object]) -> None:
+        self._actions.append((what, action))
+
+    def run(self) -> None:
+        for what, action in reversed(self._actions):
+            try:
+                action()
+                log.info("server %s: rolled back: %s", self.server_id, what)
+            except Exception:  # keep undoing the rest; the leftover is logged for an operator
+                log.exception("server %s: rollback step failed: %s", self.server_id, what)
+        self._actions.clear()
+
+
+@contextmanager
+def step(server_id: str, name: str, default_error: type[AgentFailure]) -> Iterator[None]:
+    """Name the step in whatever error escapes it, keeping the error's type, code and status."""
+    try:
+        yield
+    except AgentFailure as exc:
+        raise _renamed(exc, f"server {server_id}: {name} failed: {exc.message}") from exc
+    except Exception as exc:
+        raise default_error(f"server {server_id}: {name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _renamed(exc: AgentFailure, message: str) -> AgentFailure:
+    try:
+        clone = copy.copy(exc)
+    except Exception:  # a subclass with an unusual constructor: keep code and status on a plain failure
+        clone = AgentFailure(message, code=exc.code)
+        clone.status = exc.status
+    clone.message = message
+    clone.args = (message,)
+    return clone
+
+
+class AgentService:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        host: LibvirtHost,
+        network: HostNetwork | NullNetwork,
+        images: ImageCache,
+        accelerator: str,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir
+        self.accelerator = accelerator
+        self._host = host
+        self._network = network
+        self._images = images
+        self._specs = SpecStore(settings.state_dir / "specs")
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._sync_lock = threading.RLock()
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> AgentService:
+        state = settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        accelerator = detect_accelerator(settings.accelerator, cache_file=state / "accelerator.json")
+        network: HostNetwork | NullNetwork = (
+            HostNetwork(state / "net") if settings.network_driver == "linux" else NullNetwork()
+        )
+        host = LibvirtHost(settings.libvirt_uri)
+        log.info(
+            "agent service on %s: accelerator %s, network driver %s",
+            settings.libvirt_uri,
+            accelerator,
+            settings.network_driver,
+        )
+        return cls(
+            settings,
+            host=host,
+            network=network,
+            images=ImageCache(image_cache_dir(state)),
+            accelerator=accelerator,
+        )
+
+    def close(self) -> None:
+        self._host.close()
+
+    # ---- lifecycle of the service -------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail early when the host cannot run the network layer (missing tools, modules, privileges)."""
+        self._network.check()
+
+    def resync(self) -> None:
+        """Re-ensure networks, DHCP and firewall for every stored spec; run once at start-up."""
+        specs = self._specs.all()
+        networks = {net.vpc_id: net for spec in specs for net in spec.networks}
+        with self._sync_lock:
+            for net in networks.values():
+                self._network.ensure_network(net)
+            self._sync_ports()
+            self._delete_orphan_networks()
+        domains = self._host.list_servers()
+        missing = [spec.id for spec in specs if spec.id not in domains]
+        if missing:
+            log.warning("stored specs without a libvirt domain: %s", ", ".join(missing))
+        log.info("resynced %d servers and %d networks from stored specs", len(specs), len(networks))
+
+    # ---- servers -------------------------------------------------------------------------------------------
+
+    def ensure_server(self, spec: ServerSpec) -> ServerState:
+        """Make the host match `spec`. Idempotent; a failure undoes what this call made and names the step."""
+        check_server_id(spec.id)
+        with self._server_lock(spec.id):
+            rollback = Rollback(spec.id)
+            try:
+                self._ensure(spec, rollback)
+            except BaseException:
+                rollback.run()
+                raise
+            state = self._state(spec.id)
+        log.info("server %s ensured: %s", spec.id, state.power)
+        return state
+
+    def _ensure(self, spec: ServerSpec, rollback: Rollback) -> None:
+        sid = spec.id
+        paths = instance_paths(self.state_dir, sid)
+        power = self._host.power_state(sid)
+
+        with step(sid, "fetching image", StorageError):
+            base = self._images.ensure(spec.image)
+
+        with step(sid, "creating root disk", StorageError):
+            if not paths.dir.exists():
+                rollback.add("remove instance directory", lambda: remove_instance_dir(paths))
+            ensure_instance_dir(self.state_dir, sid)
+            if not paths.root_disk.exists():
+                rollback.add("remove root disk", lambda: remove_disk(paths.root_disk))
+            create_overlay(base, paths.root_disk, spec.root_disk_gib)
+
+        with step(sid, "building seed", StorageError):
+            # The guest reads its seed once per instance id: an existing seed stays as the guest first saw it.
+            if not paths.seed.exists():
+                rollback.add("remove seed", lambda: paths.seed.unlink(missing_ok=True))
+                build_seed(
+                    paths.seed,
+                    instance_id=sid,
+                    hostname=spec.hostname,
+                    ssh_keys=spec.ssh_keys,
+                    admin_pass=spec.admin_pass,
+                    user_data=spec.user_data,
+                )
+
+        self._wire(spec, rollback)
+
+        with step(sid, "defining domain", VirtError):
+            if power == "missing":
+                domain = design_domain(
+                    spec,
+                    accelerator=self.accelerator,
+                    root_disk=paths.root_disk,
+                    seed=paths.seed,
+                    console_log=paths.console_log,
+                    nic_names=_nic_names,
+                )
+                xml = render_domain(domain)
+                log.debug("server %s domain XML:\n%s", sid, xml)
+                rollback.add("undefine domain", lambda: self._undefine(sid))
+                self._host.define(xml)
+                power = "shutoff"
+
+        with step(sid, "starting", VirtError):
+            if spec.power == "running" and power in ("shutoff", "crashed"):
+                rollback.add("destroy domain", lambda: self._destroy(sid))
+                self._host.start(sid)
+            elif spec.power == "shutoff" and power in _ACTIVE:
+                self._stop(sid, hard=False)
+
+    def _wire(self, spec: ServerSpec, rollback: Rollback) -> None:
+        """Store the spec, then plug its networks and ports (DHCP and firewall of all ports on this host)."""
+        sid = spec.id
+        previous = self._specs.get(sid)
+        with self._sync_lock:
+            existing = set(self._network.network_ids())
+            created = [net.vpc_id for net in spec.networks if net.vpc_id not in existing]
+
+            def unwire() -> None:
+                with self._sync_lock:
+                    if previous is None:
+                        self._specs.delete(sid)
+                    else:
+                        self._specs.put(previous)
+                    self._sync_ports()
+                    self._delete_orphan_networks(only=created)
+
+            rollback.add("restore spec and port wiring", unwire)
+            with step(sid, "storing spec", StorageError):
+                self._specs.put(spec)
+            with step(sid, "ensuring networks", NetworkError):
+                for net in spec.networks:
+                    self._network.ensure_network(net)
+            with step(sid, "syncing ports", NetworkError):
+                self._sync_ports()
+
+    def delete_server(self, server_id: str) -> None:
+        """Remove the server and everything it owns on this host; deleting a missing server succeeds."""
+        check_server_id(server_id)
+        with self._server_lock(server_id):
+            paths = instance_paths(self.state_dir, server_id)
+            with step(server_id, "removing domain", VirtError):
+                self._destroy(server_id)
+                self._undefine(server_id)
+            with step(server_id, "removing disks", StorageError):
+                remove_disk(paths.root_disk)
+                remove_instance_dir(paths)
+            with self._sync_lock:
+                self._specs.delete(server_id)
+                with step(server_id, "unwiring ports", NetworkError):
+                    self._sync_ports()
+                    self._delete_orphan_networks()
+        log.info("server %s deleted", server_id)
+
+    def server_state(self, server_id: str) -> ServerState:
+        check_server_id(server_id)
+        return self._state(server_id)
+
+    def server_action(self, server_id: str, action: ServerAction) -> ServerState:
+        check_server_id(server_id)
+        hard = action.type == "HARD"
+        with self._server_lock(server_id):
+            power = self._state(server_id).power
+            with step(server_id, f"{action.type.lower()} {action.action}", VirtError):
+                if power == "missing":
+                    raise NotFound(f"server {server_id} has no domain on this host")
+                if action.action == "stop":
+                    if power in _ACTIVE:
+                        self._stop(server_id, hard=hard)
+                    self._remember_power(server_id, "shutoff")
+                else:
+                    if power not in _ACTIVE:  # start, or reboot of a stopped server: either way it should run
+                        self._host.start(server_id)
+                    elif action.action == "reboot":
+                        self._host.reboot(server_id, hard=hard)
+                    self._remember_power(server_id, "running")
+            state = self._state(server_id)
+        log.info("server %s %s %s: %s", server_id, action.type, action.action, state.power)
+        return state
+
+    def console_output(self, server_id: str, length: int | None = None) -> str:
+        """The serial console log, or its last `length` lines."""
+        self.server_state(server_id)  # 404 for unknown servers
+        path = instance_paths(self.state_dir, server_id).console_log
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - CONSOLE_TAIL_BYTES))
+                text = f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        if length is None:
+            return text
+        return "".join(text.splitlines(keepends=True)[-length:])
+
+    # ---- host and security groups --------------------------------------------------------------------------
+
+    def host_info(self) -> HostInfo:
+        vcpus, memory_mib = self._host.capacity()
+        powers = self._host.list_servers()
+        for spec in self._specs.all():
+            powers.setdefault(spec.id, "missing")
+        return HostInfo(
+            host_id=self.settings.resolved_host_id,
+            hostname=socket.gethostname(),
+            url=self.settings.url,
+            accelerator="kvm" if self.accelerator == "kvm" else "tcg",
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            disk_gib=shutil.disk_usage(self.state_dir).total // GIB,
+            availability_zone=self.settings.availability_zone,
+            servers=[
+                ServerState(id=sid, power=power, accelerator=self.accelerator)
+                for sid, power in sorted(powers.items())
+            ],
+        )
+
+    def update_security_groups(self, groups: list[SecurityGroupSpec]) -> None:
+        """Replace these groups in every stored spec that uses them, then re-apply the firewall."""
+        by_id = {group.id: group for group in groups}
+        changed = 0
+        for spec in self._specs.all():
+            with self._server_lock(spec.id):
+                current = self._specs.get(spec.id)  # re-read under the lock: it may have changed or gone
+                if current is None:
+                    continue
+                updated = _with_groups(current, by_id)
+                if updated != current:
+                    self._specs.put(updated)
+                    changed += 1
+        with self._sync_lock:
+            self._sync_ports()
+        log.info("security groups %s updated in %d server specs", ", ".join(sorted(by_id)) or "-", changed)
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _server_lock(self, server_id: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(server_id, threading.Lock())
+        with lock:
+            yield
+
+    def _state(self, server_id: str) -> ServerState:
+        power = self._host.power_state(server_id)
+        if power == "missing" and self._specs.get(server_id) is None:
+            raise NotFound(f"server {server_id} not found on this host")
+        return ServerState(id=server_id, power=power, accelerator=self.accelerator)
+
+    def _stop(self, server_id: str, *, hard: bool) -> None:
+        if not hard:
+            self._host.shutdown(server_id, timeout=self.settings.stop_timeout_seconds)
+        if self._host.power_state(server_id) in _ACTIVE:
+            if not hard:
+                log.warning("server %s ignored ACPI shutdown; destroying it", server_id)
+            self._host.destroy(server_id)
+
+    def _destroy(self, server_id: str) -> None:
+        if self._host.power_state(server_id) in (*_ACTIVE, "crashed"):
+            self._host.destroy(server_id)
+
+    def _undefine(self, server_id: str) -> None:
+        if self._host.power_state(server_id) != "missing":
+            self._host.undefine(server_id)
+
+    def _remember_power(self, server_id: str, power: str) -> None:
+        spec = self._specs.get(server_id)
+        if spec is not None and spec.power != power:
+            self._specs.put(spec.model_copy(update={"power": power}))
+
+    def _sync_ports(self) -> None:
+        """Hand every port of every stored server, and all their groups, to the network layer in one call."""
+        ports: list[BoundPort] = []
+        groups: dict[str, SecurityGroupSpec] = {}
+        for spec in self._specs.all():
+            groups.update((group.id, group) for group in spec.security_groups)
+            ports.extend(
+                BoundPort(port=port, tap=tap_name(port.id), hostname=spec.hostname) for port in spec.ports
+            )
+        self._network.sync_ports(ports, list(groups.values()))
+
+    def _delete_orphan_networks(self, only: list[str] | None = None) -> None:
+        """Delete networks no stored port uses (restricted to `only` when given)."""
+        used = {port.vpc_id for spec in self._specs.all() for port in spec.ports}
+        candidates = self._network.network_ids() if only is None else only
+        for vpc_id in candidates:
+            if vpc_id not in used:
+                self._network.delete_network(vpc_id)
+
+
+def _nic_names(port: PortSpec) -> tuple[str, str]:
+    return bridge_name(port.vpc_id), tap_name(port.id)
+
+
+def _with_groups(spec: ServerSpec, groups: dict[str, SecurityGroupSpec]) -> ServerSpec:
+    """`spec` with the given groups replacing its own copies; groups its ports name but lacked are added."""
+    referenced = {gid for port in spec.ports for gid in port.security_group_ids}
+    referenced |= {group.id for group in spec.security_groups}
+    mine = [groups.get(group.id, group) for group in spec.security_groups]
+    have = {group.id for group in mine}
+    mine += [groups[gid] for gid in sorted(referenced - have) if gid in groups]
+    return spec.model_copy(update={"security_groups": mine})

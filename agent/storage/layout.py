@@ -1,0 +1,90 @@
+"""Where the agent keeps disks on a hypervisor host.
+
+Everything lives under one state directory (``LABCLOUD_AGENT_STATE_DIR``)::
+
+    <state>/                          0755
+        images/                       0755  base-image cache, one file per image content
+            <sha256>.qcow2            0644  verified, immutable; shared backing file of many root disks
+        instances/                    0755
+            <server_id>/              0755  one directory per server; deleting the server removes it
+                root.qcow2                  qcow2 overlay whose backing file is images/<sha256>.qcow2
+                seed.iso                    NoCloud seed (volume id ``cidata``), 0640 group libvirt-qemu
+                console.log                 serial console, written by QEMU
+
+QEMU runs as ``libvirt-qemu``. libvirt's dynamic ownership chowns the disks it is given, but not always the
+backing file, and it never fixes directory modes: so every directory on the way must be traversable by others
+(o+x) and base images stay world-readable (0644). Base images are never written after they are verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o755
+# A server id becomes a directory name: one path component, no dots or separators that could escape <state>.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class InstancePaths:
+    dir: Path
+    root_disk: Path
+    seed: Path
+    console_log: Path
+
+
+def instance_paths(state_dir: Path, server_id: str) -> InstancePaths:
+    """The files of one server. Pure: creates nothing (see `ensure_instance_dir`)."""
+    if not _SAFE_ID.fullmatch(server_id) or ".." in server_id:
+        raise StorageError(f"server id {server_id!r} cannot be used as a directory name")
+    base = Path(state_dir) / "instances" / server_id
+    return InstancePaths(
+        dir=base,
+        root_disk=base / "root.qcow2",
+        seed=base / "seed.iso",
+        console_log=base / "console.log",
+    )
+
+
+def image_cache_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "images"
+
+
+def ensure_traversable_dir(path: Path) -> Path:
+    """Create `path` (and parents) if missing and make sure others may traverse it (o+x) for QEMU."""
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        mode = path.stat().st_mode & 0o7777
+        if mode & 0o111 != 0o111:
+            path.chmod(mode | 0o111)
+    except OSError as exc:
+        raise StorageError(f"cannot prepare directory {path}: {exc}") from exc
+    return path
+
+
+def ensure_instance_dir(state_dir: Path, server_id: str) -> InstancePaths:
+    """Create the server's directory (and `<state>/instances`) with traversable modes; idempotent."""
+    paths = instance_paths(state_dir, server_id)
+    ensure_traversable_dir(Path(state_dir))
+    ensure_traversable_dir(paths.dir.parent)
+    ensure_traversable_dir(paths.dir)
+    return paths
+
+
+def remove_instance_dir(paths: InstancePaths) -> None:
+    """Delete the server's directory and everything in it; no error if it is already gone."""
+    try:
+        shutil.rmtree(paths.dir)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot remove {paths.dir}: {exc}") from exc
+    log.info("removed instance directory %s", paths.dir)

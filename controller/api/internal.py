@@ -1,0 +1,62 @@
+"""Agent-facing endpoints (bearer join token) and the admin view of hosts."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+
+from agent.schemas import HostInfo
+from controller.auth.deps import CallerDep
+from controller.db import session_scope
+from controller.errors import Forbidden, Unauthorized
+from controller.models.common import iso_z, utcnow
+from controller.models.host import Host
+
+router = APIRouter()
+
+
+def require_join_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    token = request.app.state.ctx.join_token
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
+        raise Unauthorized("agents must present the join token as a Bearer token", code="Agent.0401")
+
+
+@router.post("/internal/hosts", dependencies=[Depends(require_join_token)])
+def register_host(info: HostInfo, request: Request) -> dict[str, str]:
+    """Register an agent, or record its heartbeat; capacity and accelerator are refreshed each time."""
+    ctx = request.app.state.ctx
+    with session_scope(ctx.engine) as session:
+        host = session.get(Host, info.host_id)
+        if host is None:
+            host = Host(id=info.host_id, hostname=info.hostname, url=info.url, accelerator=info.accelerator,
+                        vcpus=info.vcpus, memory_mib=info.memory_mib, disk_gib=info.disk_gib,
+                        availability_zone=info.availability_zone)
+        host.hostname, host.url, host.accelerator = info.hostname, info.url, info.accelerator
+        host.vcpus, host.memory_mib, host.disk_gib = info.vcpus, info.memory_mib, info.disk_gib
+        host.availability_zone = info.availability_zone
+        host.last_heartbeat = utcnow()
+        session.add(host)
+    return {"host_id": info.host_id}
+
+
+def host_view(host: Host, dead_after: float) -> dict[str, Any]:
+    age = (utcnow() - host.last_heartbeat).total_seconds()
+    return {"id": host.id, "hostname": host.hostname, "url": host.url, "accelerator": host.accelerator,
+            "vcpus": host.vcpus, "memory_mib": host.memory_mib, "disk_gib": host.disk_gib,
+            "availability_zone": host.availability_zone, "enabled": host.enabled,
+            "state": "up" if age <= dead_after else "down", "last_heartbeat": iso_z(host.last_heartbeat)}
+
+
+@router.get("/v1/admin/hosts")
+def list_hosts(caller: CallerDep, request: Request) -> dict[str, list[dict[str, Any]]]:
+    if not caller.is_admin:
+        raise Forbidden("listing hosts needs an admin credential")
+    ctx = request.app.state.ctx
+    from sqlmodel import Session, select
+
+    with Session(ctx.engine) as session:
+        hosts = session.exec(select(Host).order_by(Host.hostname)).all()
+    return {"hosts": [host_view(h, ctx.settings.host_dead_seconds) for h in hosts]}

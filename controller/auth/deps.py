@@ -1,0 +1,109 @@
+"""Request authentication: every public API call is AK/SK signed; the caller is scoped to its project."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+from urllib.parse import parse_qsl
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from controller.auth import signature
+from controller.errors import Forbidden, Unauthorized
+from controller.models.project import Credential
+
+
+@dataclass(frozen=True)
+class Caller:
+    access_key: str
+    project_id: str
+    user_id: str
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    secret_key: str
+    caller: Caller
+    fetched_at: float
+
+
+class CredentialCache:
+    """AK → SK lookups without a database round trip per request; revocations are seen within `ttl` seconds."""
+
+    def __init__(self, engine: Engine, ttl: float = 10.0) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._entries: dict[str, _CachedKey] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, access_key: str) -> _CachedKey | None:
+        with self._lock:
+            hit = self._entries.get(access_key)
+        if hit is not None and time.monotonic() - hit.fetched_at < self.ttl:
+            return hit
+        with Session(self.engine) as session:
+            cred = session.get(Credential, access_key)
+        if cred is None or cred.revoked_at is not None:
+            with self._lock:
+                self._entries.pop(access_key, None)
+            return None
+        entry = _CachedKey(cred.secret_key, Caller(cred.access_key, cred.project_id, cred.user_id, cred.is_admin),
+                           time.monotonic())
+        with self._lock:
+            self._entries[access_key] = entry
+        return entry
+
+    def forget(self, access_key: str) -> None:
+        with self._lock:
+            self._entries.pop(access_key, None)
+
+
+async def authenticate(request: Request) -> Caller:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("Missing Authorization header: requests must be signed with AK/SK (SDK-HMAC-SHA256)")
+    try:
+        auth = signature.parse_authorization(header)
+    except signature.SignatureError as exc:
+        raise Unauthorized(f"Incorrect IAM authentication information: {exc}") from None
+    ctx = request.app.state.ctx
+    cache: CredentialCache = ctx.credentials
+    entry = cache.lookup(auth.access_key)
+    if entry is None:
+        entry = await run_in_threadpool(cache.lookup, auth.access_key)
+    if entry is None:
+        raise Unauthorized("Incorrect IAM authentication information: unknown or revoked access key")
+    raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+    try:
+        signature.verify(
+            secret_key=entry.secret_key, auth=auth, method=request.method, path=raw_path,
+            query=parse_qsl(request.url.query, keep_blank_values=True), headers=request.headers,
+            body=await request.body(), now=datetime.now(UTC),
+            max_skew_seconds=ctx.settings.signature_skew_seconds,
+        )
+    except signature.SignatureError as exc:
+        raise Unauthorized(f"Incorrect IAM authentication information: {exc}") from None
+    header_project = request.headers.get("x-project-id")
+    if header_project and header_project != entry.caller.project_id and not entry.caller.is_admin:
+        raise Forbidden(f"X-Project-Id {header_project} is not the project of this access key", code="APIGW.0302")
+    return entry.caller
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def project_caller(project_id: str, caller: CallerDep) -> Caller:
+    """The caller, checked against the `{project_id}` in the path."""
+    if project_id != caller.project_id:
+        raise Forbidden(f"The access key belongs to another project than {project_id}", code="APIGW.0302")
+    return caller
+
+
+ProjectCaller = Annotated[Caller, Depends(project_caller)]

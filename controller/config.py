@@ -1,0 +1,52 @@
+"""Controller settings, from `LABCLOUD_…` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("/var/lib/labcloud")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LABCLOUD_", extra="ignore")
+
+    home: Path = DEFAULT_HOME
+    database_url: str | None = None  # default: SQLite file under home
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8778
+    public_url: str | None = None  # the endpoint written into credentials.json
+    region: str = "lab-1"
+    default_availability_zone: str = "lab-1a"
+    seed_image: Path | None = None  # a qcow2 (with its .json manifest beside it) registered as a public image
+    signature_skew_seconds: int = 900
+    job_workers: int = 4
+    job_lease_seconds: float = 30.0
+    job_max_attempts: int = 3
+    host_dead_seconds: float = 45.0
+    max_servers_per_request: int = 20
+
+    @property
+    def controller_dir(self) -> Path:
+        return self.home / "controller"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.controller_dir / "images"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.json"
+
+    @property
+    def join_token_file(self) -> Path:
+        return self.home / "join-token"
+
+    @property
+    def endpoint(self) -> str:
+        return self.public_url or f"http://{self.listen_host}:{self.listen_port}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.controller_dir / 'labcloud.db'}"

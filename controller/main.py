@@ -1,0 +1,143 @@
+"""The controller application factory."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from controller import bootstrap
+from controller.api import (
+    flavors,
+    images,
+    internal,
+    jobs,
+    keypairs,
+    security_groups,
+    server_actions,
+    servers,
+    subnets,
+    vpcs,
+)
+from controller.auth.deps import CredentialCache
+from controller.config import Settings
+from controller.context import AgentClients, ControllerContext
+from controller.db import create_schema, make_engine
+from controller.errors import ApiError, bad_request_code
+from controller.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+ROUTERS = [internal, jobs, flavors, keypairs, servers, server_actions, vpcs, subnets, security_groups, images]
+
+
+class RequestIdMiddleware:
+    """Give every request an id (`X-Request-Id`), in the response and in every log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming[:64] if incoming else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "Invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = ApiError(_validation_message(exc), code=bad_request_code(request.url.path), status=400)
+        return JSONResponse(err.body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            err = ApiError(f"The API {request.method} {request.url.path} does not exist", code="APIGW.0101",
+                           status=404)
+        elif exc.status_code == 405:
+            err = ApiError(f"Method {request.method} is not allowed on {request.url.path}", code="APIGW.0101",
+                           status=405)
+        else:
+            err = ApiError(str(exc.detail), code=f"APIGW.{exc.status_code:04d}", status=exc.status_code)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        err = ApiError(f"Internal error (request {request_id_var.get()}); see the controller log", code="Ecs.0001",
+                       status=500)
+        return JSONResponse(err.body(), status_code=500)
+
+
+def build_context(settings: Settings) -> ControllerContext:
+    settings.controller_dir.mkdir(parents=True, exist_ok=True)
+    settings.image_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    create_schema(engine)
+    token = bootstrap.ensure_join_token(settings)
+    bootstrap.ensure_admin_credentials(settings, engine)
+    return ControllerContext(settings=settings, engine=engine, credentials=CredentialCache(engine), join_token=token,
+                             agents=AgentClients(token))
+
+
+def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    ctx = build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from controller.jobs import handlers  # noqa: F401  (registers the job kinds)
+        from controller.jobs.worker import JobWorkers
+        from controller.services.image_store import register_seed_image
+
+        register_seed_image(ctx)
+        if run_jobs:
+            ctx.workers = JobWorkers(ctx, settings.job_workers, settings.job_lease_seconds,
+                                     settings.job_max_attempts)
+            ctx.workers.start()
+        try:
+            yield
+        finally:
+            if ctx.workers is not None:
+                ctx.workers.stop()
+            ctx.engine.dispose()
+
+    app = FastAPI(title="labcloud", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    app.state.ctx = ctx
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    for module in ROUTERS:
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,23 @@
+"""Hypervisor hosts, as their agents register and heartbeat them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from controller.models.common import utcnow
+
+
+class Host(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    hostname: str
+    url: str
+    accelerator: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    availability_zone: str = Field(index=True)
+    enabled: bool = True
+    registered_at: datetime = Field(default_factory=utcnow)
+    last_heartbeat: datetime = Field(default_factory=utcnow)
