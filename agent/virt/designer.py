@@ -35,8 +35,8 @@ def design_domain(
     """Decide the domain for `spec` on this host.
 
     `accelerator` is "kvm" or "tcg"; `seed` is the NoCloud ISO or None; `nic_names(port)` returns the
-    (bridge, tap) names the network layer uses for that port. NICs keep the order of `spec.ports`, so the first
-    port is the guest's eth0.
+    (bridge, tap) names the network layer uses for that port. NICs keep the order of `spec.ports`, so the
+    first port is the guest's eth0.
     """
     if accelerator not in ("kvm", "tcg"):
         raise ValueError(f"accelerator must be 'kvm' or 'tcg', not {accelerator!r}")

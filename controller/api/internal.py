@@ -60,3 +60,9 @@ def list_hosts(caller: CallerDep, request: Request) -> dict[str, list[dict[str, 
     with Session(ctx.engine) as session:
         hosts = session.exec(select(Host).order_by(Host.hostname)).all()
     return {"hosts": [host_view(h, ctx.settings.host_dead_seconds) for h in hosts]}
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Unauthenticated liveness probe for `labcloud up` and load balancers."""
+    return {"status": "ok"}

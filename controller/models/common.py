@@ -15,13 +15,16 @@ def new_hex_id() -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Aware UTC: SQLModel stores timezone-aware datetimes."""
+    return datetime.now(UTC)
 
 
 def iso_z(value: datetime | None, *, millis: bool = False) -> str | None:
-    """`2016-04-25T20:04:47Z` (or with `.591Z` when millis): naive datetimes are UTC here."""
+    """`2016-04-25T20:04:47Z` (or with `.591Z` when millis); naive datetimes are taken as UTC."""
     if value is None:
         return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
     if millis:
         return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,102 @@
+"""Router namespaces, each held open by a tiny holder process.
+
+Named namespaces (`ip netns add`) do not work for the agent: it runs inside `ip netns exec`'s private mount
+namespace, so a bind mount under /run/netns would be invisible to other processes and vanish with the agent. Instead
+each router namespace is created by `unshare --net sleep infinity` in its own session. That process keeps the
+namespace alive across agent restarts; `/proc/<pid>/ns/net` is the handle to enter it; killing every process in the
+namespace (the holder and the dnsmasq inside) frees it.
+
+A pid alone is not proof after a reboot or pid reuse, so a router is identified by (pid, netns inode) and the holder
+carries marker variables in its environment (which VPC, which agent state dir); `is_alive` checks all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from agent.errors import NetworkError
+from agent.net import proc
+
+log = logging.getLogger(__name__)
+
+ENV_VPC = "LABCLOUD_ROUTER_VPC"
+ENV_OWNER = "LABCLOUD_ROUTER_OWNER"  # the agent's net state dir, so two agents on one machine never mix routers
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Router:
+    pid: int
+    netns_inode: int
+
+    @property
+    def netns_path(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+
+def is_alive(router: Router, vpc_id: str, owner: str) -> bool:
+    """True if the holder still runs, still holds the same namespace and carries our markers."""
+    if proc.netns_inode(router.pid) != router.netns_inode:
+        return False
+    env = proc.environ(router.pid)
+    return env.get(ENV_VPC) == vpc_id and env.get(ENV_OWNER) == owner
+
+
+def start(vpc_id: str, owner: str) -> Router:
+    """Start a holder in a fresh network namespace and wait until it is in there."""
+    argv = [proc.which("unshare"), "--net", "--", proc.which("sleep"), "infinity"]
+    env = {ENV_VPC: vpc_id, ENV_OWNER: owner}
+    try:
+        holder = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # survives the agent, its restarts and signals sent to its process group
+        )
+    except OSError as exc:
+        raise NetworkError(f"cannot start the router namespace of VPC {vpc_id}: {exc}") from exc
+    own_inode = proc.netns_inode()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    # unshare() happens before exec, so wait for both the new namespace and the exec of sleep.
+    while time.monotonic() < deadline:
+        if holder.poll() is not None:
+            raise NetworkError(f"router holder of VPC {vpc_id} exited with status {holder.returncode}")
+        inode = proc.netns_inode(holder.pid)
+        argv0 = proc.cmdline(holder.pid)[:1]
+        if inode is not None and inode != own_inode and argv0 and os.path.basename(argv0[0]) == "sleep":
+            router = Router(pid=holder.pid, netns_inode=inode)
+            log.info("vpc %s: router namespace %s held by pid %s", vpc_id, inode, holder.pid)
+            return router
+        time.sleep(0.005)
+    holder.kill()
+    raise NetworkError(f"router namespace of VPC {vpc_id} did not come up within {START_TIMEOUT_S:.0f} s")
+
+
+def find(owner: str) -> dict[str, Router]:
+    """Every live holder started for `owner`, by VPC id: recovers routers whose state file is lost."""
+    found: dict[str, Router] = {}
+    for pid in proc.all_pids():
+        env = proc.environ(pid)
+        vpc_id = env.get(ENV_VPC)
+        inode = proc.netns_inode(pid)
+        if vpc_id and env.get(ENV_OWNER) == owner and inode is not None and proc.is_running(pid):
+            found[vpc_id] = Router(pid=pid, netns_inode=inode)
+    return found
+
+
+def stop(router: Router, vpc_id: str, owner: str) -> None:
+    """Stop every process in the router namespace (the holder, dnsmasq): the namespace and its veths go away.
+
+    Only done while the holder is verified: a dead namespace's inode may already belong to someone else's.
+    """
+    if not is_alive(router, vpc_id, owner):
+        return
+    pids = proc.pids_in_netns(router.netns_inode)
+    log.info("vpc %s: stopping router namespace %s (pids %s)", vpc_id, router.netns_inode, pids)
+    proc.terminate(pids)

@@ -1,0 +1,389 @@
+"""The one place in the agent that talks to libvirt.
+
+`LibvirtHost` owns a single connection (opened on first use, reopened when it breaks) and exposes the
+lifecycle of labcloud domains keyed by server id. Every `libvirt.libvirtError` becomes one of the agent's
+typed errors in `_run`, so nothing above this module ever sees a libvirt exception.
+
+libvirt connections are thread safe; the lock only guards opening and replacing the connection. Waits
+(shutdown, soft reboot) poll or wait for events between short calls and never hold the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import libvirt
+
+from agent.errors import AgentFailure, NotFound, VirtError
+from agent.schemas import PowerState
+from agent.virt.domain_xml import domain_name, parse_labcloud_metadata
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STATES: dict[int, PowerState] = {
+    libvirt.VIR_DOMAIN_NOSTATE: "running",  # only seen transiently on an active domain
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "running",  # still running while the guest shuts down
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+}
+
+# Error codes that mean the connection itself is gone, not that the call was refused.
+_DEAD_CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN}
+_TRANSPORT_CODES = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_RPC}
+_TRANSPORT_DOMAINS = {libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC}
+
+# NVRAM and checkpoint flags are left out: labcloud guests boot BIOS, and the test driver rejects them.
+_UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+
+_KEEPALIVE_INTERVAL_S = 5
+_KEEPALIVE_COUNT = 3
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _ensure_event_loop() -> None:
+    """Start libvirt's default event loop once per process, before the first connection is opened.
+
+    Events are how a soft reboot is confirmed, and keepalives (which need the loop) are how a dead daemon is
+    noticed. The loop is process-wide by libvirt's design.
+    """
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        # Without this handler libvirt prints every error to stderr as well as raising it.
+        libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
+    return None
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+class LibvirtHost:
+    """Lifecycle of labcloud domains on one libvirt connection; idempotent wherever that makes sense."""
+
+    def __init__(self, uri: str, *, poll_interval: float = 0.25) -> None:
+        self.uri = uri
+        self._poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+
+    def __enter__(self) -> LibvirtHost:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def define(self, xml: str) -> None:
+        """Define the domain, or redefine it (same name and uuid) with new config for its next cold boot."""
+        meta = parse_labcloud_metadata(xml)
+        server_id = meta["server_id"] if meta else None
+        log.debug("server %s: defining domain XML\n%s", server_id, xml)
+        # VALIDATE checks the XML against libvirt's schema, so a typo fails here instead of being dropped.
+        flags = libvirt.VIR_DOMAIN_DEFINE_VALIDATE
+        self._run("define", server_id, lambda conn: conn.defineXMLFlags(xml, flags))
+        log.info("server %s: domain defined", server_id)
+
+    def start(self, server_id: str) -> None:
+        """Boot the domain; resume it if paused; nothing if it already runs. NotFound if it is not defined."""
+
+        def op(conn: libvirt.virConnect) -> str:
+            dom = self._lookup(conn, server_id)
+            state = _power_state(dom)
+            if state == "paused":
+                dom.resume()
+                return "resumed"
+            if dom.isActive():
+                return "already running"
+            dom.create()
+            return "started"
+
+        outcome = self._run("start", server_id, op)
+        log.info("server %s: %s", server_id, outcome)
+
+    def destroy(self, server_id: str) -> None:
+        """Pull the plug. Nothing happens if the domain is already off or not defined."""
+
+        def op(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup_or_none(conn, server_id)
+            if dom is None or not dom.isActive():
+                return False
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                # It stopped on its own between the check and the call: the goal is reached.
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
+                    raise
+            return True
+
+        if self._run("destroy", server_id, op):
+            log.info("server %s: destroyed", server_id)
+
+    def shutdown(self, server_id: str, timeout: float = 60) -> None:
+        """ACPI power-button shutdown; destroy if the guest is still running after `timeout` seconds.
+
+        Nothing happens if the domain is already off or not defined.
+        """
+
+        def press(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup_or_none(conn, server_id)
+            if dom is None or not dom.isActive():
+                return False
+            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            return True
+
+        if not self._run("shutdown", server_id, press):
+            return
+        log.info("server %s: ACPI shutdown requested, waiting up to %ss", server_id, timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._is_active(server_id):
+                log.info("server %s: shut down by the guest", server_id)
+                return
+            time.sleep(self._poll_interval)
+        log.warning("server %s: guest ignored ACPI shutdown for %ss, destroying it", server_id, timeout)
+        self.destroy(server_id)
+
+    def reboot(self, server_id: str, hard: bool, timeout: float = 60) -> None:
+        """Reboot a running domain, or start it if it is off.
+
+        SOFT asks the guest through the ACPI power button, which libvirt turns into a reset once the guest
+        has shut down, and falls back to destroy+start if no reset is seen within `timeout` seconds. HARD
+        resets the virtual machine at once (destroy+start if the hypervisor cannot reset). NotFound if the
+        domain is not defined.
+        """
+        if not self._is_active(server_id):
+            log.info("server %s: reboot of a stopped domain starts it", server_id)
+            self.start(server_id)
+            return
+        if hard:
+            self._hard_reboot(server_id)
+        elif not self._acpi_reboot(server_id, timeout):
+            log.warning("server %s: guest ignored ACPI reboot for %ss, power cycling", server_id, timeout)
+            self.destroy(server_id)
+            self.start(server_id)
+
+    def undefine(self, server_id: str) -> None:
+        """Destroy and forget the domain. Nothing happens if it is not defined. Disk files are not touched."""
+        self.destroy(server_id)
+
+        def op(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup_or_none(conn, server_id)
+            if dom is None:
+                return False
+            try:
+                dom.undefineFlags(_UNDEFINE_FLAGS)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                return False
+            return True
+
+        if self._run("undefine", server_id, op):
+            log.info("server %s: domain undefined", server_id)
+
+    # -- inspection ----------------------------------------------------------------------------------------
+
+    def power_state(self, server_id: str) -> PowerState:
+        """The domain's power state, or "missing" if it is not defined."""
+
+        def op(conn: libvirt.virConnect) -> PowerState:
+            dom = self._lookup_or_none(conn, server_id)
+            return "missing" if dom is None else _power_state(dom)
+
+        return self._run("power_state", server_id, op)
+
+    def list_servers(self) -> dict[str, PowerState]:
+        """Power state of each domain with labcloud metadata, keyed by server id; others are skipped."""
+
+        def op(conn: libvirt.virConnect) -> dict[str, PowerState]:
+            servers: dict[str, PowerState] = {}
+            for dom in conn.listAllDomains(0):
+                try:
+                    meta = parse_labcloud_metadata(dom.XMLDesc(0))
+                    if meta is not None:
+                        servers[meta["server_id"]] = _power_state(dom)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    # Undefined while we were listing: it is simply not there any more.
+            return servers
+
+        return self._run("list_servers", None, op)
+
+    def domain_xml(self, server_id: str, *, inactive: bool = False) -> str:
+        """The live XML (or with `inactive`, the persistent config) of a domain. NotFound if not defined."""
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        return self._run("domain_xml", server_id, lambda conn: self._lookup(conn, server_id).XMLDesc(flags))
+
+    def capacity(self) -> tuple[int, int]:
+        """(vCPUs, memory in MiB) of the host, as libvirt sees it."""
+        info = self._run("capacity", None, lambda conn: conn.getInfo())
+        return int(info[2]), int(info[1])
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError as exc:
+                log.debug("closing %s: %s", self.uri, exc)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _hard_reboot(self, server_id: str) -> None:
+        def op(conn: libvirt.virConnect) -> bool:
+            try:
+                self._lookup(conn, server_id).reset(0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                return False
+            return True
+
+        if self._run("reboot", server_id, op):
+            log.info("server %s: reset", server_id)
+        else:
+            log.info("server %s: reset unsupported here, destroying and starting", server_id)
+            self.destroy(server_id)
+            self.start(server_id)
+
+    def _acpi_reboot(self, server_id: str, timeout: float) -> bool:
+        """Press the ACPI power button for a reboot; True once libvirt reports the guest's reset."""
+        rebooted = threading.Event()
+
+        def on_reboot(_conn: libvirt.virConnect, _dom: libvirt.virDomain, _opaque: object) -> None:
+            rebooted.set()  # runs on the event thread: no libvirt calls, no locks
+
+        def press(conn: libvirt.virConnect) -> tuple[libvirt.virConnect, int]:
+            dom = self._lookup(conn, server_id)
+            callback = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, on_reboot, None)
+            try:
+                dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+            except libvirt.libvirtError:
+                _deregister(conn, callback, server_id)
+                raise
+            return conn, callback
+
+        conn, callback = self._run("reboot", server_id, press)
+        log.info("server %s: ACPI reboot requested, waiting up to %ss", server_id, timeout)
+        try:
+            confirmed = rebooted.wait(timeout)
+        finally:
+            _deregister(conn, callback, server_id)
+        if confirmed:
+            log.info("server %s: guest rebooted", server_id)
+        return confirmed
+
+    def _is_active(self, server_id: str) -> bool:
+        return bool(self._run("state", server_id, lambda conn: self._lookup(conn, server_id).isActive()))
+
+    @staticmethod
+    def _lookup(conn: libvirt.virConnect, server_id: str) -> libvirt.virDomain:
+        return conn.lookupByName(domain_name(server_id))
+
+    @staticmethod
+    def _lookup_or_none(conn: libvirt.virConnect, server_id: str) -> libvirt.virDomain | None:
+        try:
+            return conn.lookupByName(domain_name(server_id))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _connection(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                if _alive(self._conn):
+                    return self._conn
+                log.warning("libvirt connection to %s is dead, reconnecting", self.uri)
+                self._conn = None
+            _ensure_event_loop()
+            conn = libvirt.open(self.uri)  # raises libvirtError; _run translates it
+            with contextlib.suppress(libvirt.libvirtError):  # local drivers (test://) have no keepalive
+                conn.setKeepAlive(_KEEPALIVE_INTERVAL_S, _KEEPALIVE_COUNT)
+            log.info("connected to libvirt at %s", self.uri)
+            self._conn = conn
+            return conn
+
+    def _forget(self, conn: libvirt.virConnect) -> None:
+        # Drop only our reference: calls still running on it in other threads keep it alive until they finish.
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+
+    def _run(self, action: str, server_id: str | None, fn: Callable[[libvirt.virConnect], T]) -> T:
+        """Run `fn` on the connection, retrying once on a fresh one if the connection died under it.
+
+        Every method's work is idempotent, so the retry is safe. All libvirt errors become agent errors here.
+        """
+        for attempt in (1, 2):
+            conn: libvirt.virConnect | None = None
+            try:
+                conn = self._connection()
+                return fn(conn)
+            except libvirt.libvirtError as exc:
+                if conn is not None and _connection_lost(conn, exc):
+                    self._forget(conn)
+                    if attempt == 1:
+                        log.warning("%s %s: libvirt connection lost (%s), retrying", action, server_id, exc)
+                        continue
+                raise _translate(action, server_id, exc) from exc
+        raise AssertionError("unreachable")
+
+
+def _power_state(dom: libvirt.virDomain) -> PowerState:
+    state, _reason = dom.state()
+    return _STATES.get(state, "crashed")
+
+
+def _deregister(conn: libvirt.virConnect, callback: int, server_id: str) -> None:
+    try:
+        conn.domainEventDeregisterAny(callback)
+    except libvirt.libvirtError as exc:
+        log.debug("server %s: deregistering event callback: %s", server_id, exc)
+
+
+def _connection_lost(conn: libvirt.virConnect, exc: libvirt.libvirtError) -> bool:
+    code, domain = exc.get_error_code(), exc.get_error_domain()
+    if code in _DEAD_CONNECTION_CODES or (code in _TRANSPORT_CODES and domain in _TRANSPORT_DOMAINS):
+        return True
+    return not _alive(conn)
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False  # e.g. "invalid connection pointer" once closed
+
+
+def _translate(action: str, server_id: str | None, exc: libvirt.libvirtError) -> AgentFailure:
+    message = exc.get_error_message() or str(exc)
+    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+        return NotFound(f"server {server_id}: no domain on this host")
+    subject = f"server {server_id}" if server_id else "host"
+    return VirtError(f"{subject}: libvirt {action} failed: {message}")
