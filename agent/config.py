@@ -53,7 +53,8 @@ class AgentSettings(BaseSettings):
     availability_zone: str = "lab-1a"
     network_driver: Literal["linux", "null"] = "linux"
     heartbeat_seconds: float = Field(default=10.0, gt=0)
-    stop_timeout_seconds: float = Field(default=60.0, gt=0)  # ACPI shutdown wait before a soft stop destroys
+    # How long a soft stop or soft reboot waits for the guest to react to the ACPI button before forcing it.
+    acpi_timeout_seconds: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from agent.config import AgentSettings
 from agent.errors import AgentFailure, NetworkError, NotFound, StorageError, VirtError
 from agent.net.names import bridge_name, tap_name
-from agent.net.network import BoundPort, HostNetwork, NullNetwork
+from agent.net.network import BoundPort, HostNetwork, Network, NullNetwork
 from agent.schemas import (
     HostInfo,
     PortSpec,
@@ -155,7 +155,7 @@ class AgentService:
         settings: AgentSettings,
         *,
         host: LibvirtHost,
-        network: HostNetwork | NullNetwork,
+        network: Network,
         images: ImageCache,
         accelerator: str,
     ) -> None:
@@ -175,9 +175,7 @@ class AgentService:
         state = settings.state_dir
         state.mkdir(parents=True, exist_ok=True)
         accelerator = detect_accelerator(settings.accelerator, cache_file=state / "accelerator.json")
-        network: HostNetwork | NullNetwork = (
-            HostNetwork(state / "net") if settings.network_driver == "linux" else NullNetwork()
-        )
+        network: Network = HostNetwork(state) if settings.network_driver == "linux" else NullNetwork()
         host = LibvirtHost(settings.libvirt_uri)
         log.info(
             "agent service on %s: accelerator %s, network driver %s",
@@ -276,13 +274,13 @@ class AgentService:
                 )
                 xml = render_domain(domain)
                 log.debug("server %s domain XML:\n%s", sid, xml)
-                rollback.add("undefine domain", lambda: self._undefine(sid))
+                rollback.add("undefine domain", lambda: self._host.undefine(sid))
                 self._host.define(xml)
                 power = "shutoff"
 
         with step(sid, "starting", VirtError):
             if spec.power == "running" and power in ("shutoff", "crashed"):
-                rollback.add("destroy domain", lambda: self._destroy(sid))
+                rollback.add("destroy domain", lambda: self._host.destroy(sid))
                 self._host.start(sid)
             elif spec.power == "shutoff" and power in _ACTIVE:
                 self._stop(sid, hard=False)
@@ -319,8 +317,7 @@ class AgentService:
         with self._server_lock(server_id):
             paths = instance_paths(self.state_dir, server_id)
             with step(server_id, "removing domain", VirtError):
-                self._destroy(server_id)
-                self._undefine(server_id)
+                self._host.undefine(server_id)  # destroys a running domain first; nothing if none
             with step(server_id, "removing disks", StorageError):
                 remove_disk(paths.root_disk)
                 remove_instance_dir(paths)
@@ -351,7 +348,7 @@ class AgentService:
                     if power not in _ACTIVE:  # start, or reboot of a stopped server: either way it should run
                         self._host.start(server_id)
                     elif action.action == "reboot":
-                        self._host.reboot(server_id, hard=hard)
+                        self._host.reboot(server_id, hard=hard, timeout=self.settings.acpi_timeout_seconds)
                     self._remember_power(server_id, "running")
             state = self._state(server_id)
         log.info("server %s %s %s: %s", server_id, action.type, action.action, state.power)
@@ -427,20 +424,10 @@ class AgentService:
         return ServerState(id=server_id, power=power, accelerator=self.accelerator)
 
     def _stop(self, server_id: str, *, hard: bool) -> None:
-        if not hard:
-            self._host.shutdown(server_id, timeout=self.settings.stop_timeout_seconds)
-        if self._host.power_state(server_id) in _ACTIVE:
-            if not hard:
-                log.warning("server %s ignored ACPI shutdown; destroying it", server_id)
+        if hard:
             self._host.destroy(server_id)
-
-    def _destroy(self, server_id: str) -> None:
-        if self._host.power_state(server_id) in (*_ACTIVE, "crashed"):
-            self._host.destroy(server_id)
-
-    def _undefine(self, server_id: str) -> None:
-        if self._host.power_state(server_id) != "missing":
-            self._host.undefine(server_id)
+        else:  # the host destroys the domain itself if the guest ignores the ACPI button until the timeout
+            self._host.shutdown(server_id, timeout=self.settings.acpi_timeout_seconds)
 
     def _remember_power(self, server_id: str, power: str) -> None:
         spec = self._specs.get(server_id)

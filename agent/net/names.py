@@ -1,8 +1,8 @@
 """Kernel object names derived from controller ids.
 
-Pure functions. Linux device names are at most 15 characters and ipset names at most 31, so every name is a short
-prefix plus `<id11>`: the id without dashes, lower-cased, first 11 characters. Every labcloud object starts with
-`lc`, which is how teardown finds them.
+Pure functions. Linux device names are at most 15 characters and ipset names at most 31, so every name is a
+short prefix plus `<id11>`: the id without dashes, lower-cased, first 11 characters. Every labcloud object
+starts with `lc`, which is how teardown finds them.
 """
 
 from __future__ import annotations

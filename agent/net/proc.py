@@ -1,7 +1,7 @@
 """Running the networking tools and looking at processes through /proc.
 
-Every external command of the net package goes through `run`, which turns a missing binary or a non-zero exit into
-`NetworkError` with the tool's own stderr in the message.
+Every external command of the net package goes through `run`, which turns a missing binary or a non-zero exit
+into `NetworkError` with the tool's own stderr in the message.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Router namespaces, each held open by a tiny holder process.
 
 Named namespaces (`ip netns add`) do not work for the agent: it runs inside `ip netns exec`'s private mount
-namespace, so a bind mount under /run/netns would be invisible to other processes and vanish with the agent. Instead
-each router namespace is created by `unshare --net sleep infinity` in its own session. That process keeps the
-namespace alive across agent restarts; `/proc/<pid>/ns/net` is the handle to enter it; killing every process in the
-namespace (the holder and the dnsmasq inside) frees it.
+namespace, so a bind mount under /run/netns would be invisible to other processes and vanish with the agent.
+Instead each router namespace is created by `unshare --net sleep infinity` in its own session. That process
+keeps the namespace alive across agent restarts; `/proc/<pid>/ns/net` is the handle to enter it; killing every
+process in the namespace (the holder and the dnsmasq inside) frees it.
 
-A pid alone is not proof after a reboot or pid reuse, so a router is identified by (pid, netns inode) and the holder
-carries marker variables in its environment (which VPC, which agent state dir); `is_alive` checks all of them.
+A pid alone is not proof after a reboot or pid reuse, so a router is identified by (pid, netns inode) and the
+holder carries marker variables in its environment (which VPC, which agent state dir); `is_alive` checks all
+of them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from agent.net import proc
 log = logging.getLogger(__name__)
 
 ENV_VPC = "LABCLOUD_ROUTER_VPC"
-ENV_OWNER = "LABCLOUD_ROUTER_OWNER"  # the agent's net state dir, so two agents on one machine never mix routers
+ENV_OWNER = (
+    "LABCLOUD_ROUTER_OWNER"  # the agent's net state dir, so two agents on one machine never mix routers
+)
 START_TIMEOUT_S = 30.0
 
 

@@ -3,5 +3,6 @@
 from controller.models.host import Host
 from controller.models.job import Job
 from controller.models.project import Credential, Project
+from controller.models.server import Server
 
-__all__ = ["Credential", "Host", "Job", "Project"]
+__all__ = ["Credential", "Host", "Job", "Project", "Server"]

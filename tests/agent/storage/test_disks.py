@@ -138,17 +138,16 @@ def locked_overlay(tmp_path: Path, base: Path) -> Iterator[Path]:
     holder = subprocess.Popen(
         ["qemu-io", "-f", "qcow2", str(target)],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            probe = subprocess.run(["qemu-img", "info", str(target)], capture_output=True, text=True)
-            if "lock" in probe.stderr:
-                break
-            assert time.monotonic() < deadline, "qemu-io never took the image lock"
-            time.sleep(0.05)
+        # Once qemu-io answers a command it has the image open and locked. (Polling with a locking
+        # `qemu-img info` instead would race qemu-io's own lock at startup.)
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write(b"read 0 512\n")
+        holder.stdin.flush()
+        assert b"read 512/512 bytes" in holder.stdout.readline()
         yield target
     finally:
         holder.kill()
@@ -156,6 +155,8 @@ def locked_overlay(tmp_path: Path, base: Path) -> Iterator[Path]:
 
 
 def test_image_info_works_on_an_image_in_use(locked_overlay: Path, base: Path) -> None:
+    plain = subprocess.run(["qemu-img", "info", str(locked_overlay)], capture_output=True, text=True)
+    assert plain.returncode != 0 and "lock" in plain.stderr  # really in use
     info = image_info(locked_overlay)
     assert info.backing_file == base
     remove_disk(locked_overlay)  # unlinking is allowed; the holder keeps its open file

@@ -20,8 +20,6 @@ _NODE_XML = """\
   <memory>8388608</memory>
 </node>
 """
-NODE_VCPUS = 4
-NODE_MEMORY_MIB = 8192
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,6 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_goldens(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-goldens"))
+
+
+@pytest.fixture
+def node_capacity() -> tuple[int, int]:
+    """(vCPUs, MiB) of the node in `test_uri`."""
+    return 4, 8192
 
 
 @pytest.fixture

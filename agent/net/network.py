@@ -1,0 +1,310 @@
+"""The agent's host networking facade: VPC bridges, router namespaces, DHCP and security groups.
+
+Per VPC on a host:
+
+    guest --tap lct<port>--+
+                           +-- bridge lcb<vpc> (no IP) --lcr<vpc>==gw0 [router ns] up0==lch<vpc]-- host
+    guest --tap lct<port>--+                                  gateways    169.254.0.2  169.254.0.1
+
+The gateway sits behind a bridge port, so traffic from the gateway and from the host to a guest is bridged and
+therefore filtered by the guest port's physdev rules. The host reaches a VPC through `lch<vpc>` with
+link-local addresses only, so nothing private-range lands in the host namespace. All methods are idempotent
+and serialized.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from agent.errors import NetworkError
+from agent.net import links, names, proc, router, rules
+from agent.net.dhcp import DhcpHost, Dnsmasq
+from agent.net.firewall import Firewall
+from agent.net.ports import BoundPort
+from agent.net.router import Router
+from agent.net.state import NetworkRecord, NetworkStore
+from agent.schemas import NetworkSpec, SecurityGroupSpec
+
+log = logging.getLogger(__name__)
+
+HOST_LINK_ADDR = "169.254.0.1"  # on every lch<vpc> in the host namespace
+ROUTER_LINK_ADDR = "169.254.0.2"  # on up0 in every router namespace
+REQUIRED_TOOLS = ("iptables", "iptables-save", "iptables-restore", "ipset", "dnsmasq", "unshare", "nsenter")
+BR_NF_CALL_IPTABLES = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+class Network(Protocol):
+    """What the agent needs from host networking; `HostNetwork` and `NullNetwork` implement it."""
+
+    def check(self) -> None: ...
+    def ensure_network(self, spec: NetworkSpec) -> None: ...
+    def delete_network(self, vpc_id: str) -> None: ...
+    def network_ids(self) -> list[str]: ...
+    def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None: ...
+    def teardown_all(self) -> None: ...
+
+
+class HostNetwork:
+    """Real networking in the namespace the agent runs in, with its records under `state_dir/net`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._store = NetworkStore(Path(state_dir).resolve() / "net")
+        self._owner = str(
+            self._store.root
+        )  # marks our router holders apart from other agents' on this machine
+        self._firewall = Firewall()
+        self._lock = threading.RLock()
+        self._checked = False
+
+    def check(self) -> None:
+        """Prerequisites: the tools, and br_netfilter handing bridged IPv4 to iptables (else SGs filter nothing)."""
+        for tool in REQUIRED_TOOLS:
+            proc.which(tool)
+        if not BR_NF_CALL_IPTABLES.exists():
+            try:
+                proc.run(["modprobe", "br_netfilter"])
+            except NetworkError as exc:
+                log.warning("modprobe br_netfilter failed: %s", exc.message)
+        if not BR_NF_CALL_IPTABLES.exists():
+            raise NetworkError(
+                "br_netfilter is not loaded (no /proc/sys/net/bridge/bridge-nf-call-iptables): bridged traffic "
+                "would bypass security groups; load it with `modprobe br_netfilter`"
+            )
+        if BR_NF_CALL_IPTABLES.read_text().strip() != "1":
+            try:
+                BR_NF_CALL_IPTABLES.write_text("1\n")
+            except OSError as exc:
+                raise NetworkError(f"cannot set net.bridge.bridge-nf-call-iptables=1: {exc}") from exc
+            if BR_NF_CALL_IPTABLES.read_text().strip() != "1":
+                raise NetworkError("net.bridge.bridge-nf-call-iptables does not stay at 1")
+            log.info("set net.bridge.bridge-nf-call-iptables=1")
+        self._checked = True
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        """Bridge, router namespace, veths, addresses, routes and dnsmasq of one VPC, as `spec` says."""
+        _validate(spec)
+        self._require_checked()
+        with self._lock:
+            self._check_name_clash(spec.vpc_id)
+            record = self._store.load(spec.vpc_id)
+            holder = self._live_router(spec.vpc_id, record)
+            if holder is None:
+                holder = router.start(spec.vpc_id, self._owner)
+            # Record the holder before plumbing, so a failure below never leaks the namespace.
+            self._store.save(NetworkRecord(spec=spec, router=holder))
+            self._plumb(spec, holder)
+            dnsmasq = Dnsmasq(spec.vpc_id, self._store.dhcp_files(spec.vpc_id))
+            if any(subnet.dhcp_enable for subnet in spec.subnets):
+                dnsmasq.ensure(spec, holder)
+            else:
+                dnsmasq.stop(holder)
+            log.info(
+                "vpc %s: network ready (%d subnets, router pid %s)",
+                spec.vpc_id,
+                len(spec.subnets),
+                holder.pid,
+            )
+
+    def delete_network(self, vpc_id: str) -> None:
+        """Remove the VPC's bridge, router namespace, dnsmasq, routes and files; nothing to do is fine."""
+        with self._lock:
+            record = self._store.load(vpc_id)
+            holder = self._live_router(vpc_id, record)
+            if not self._name_taken_by_other(vpc_id):
+                with links.netlink() as host:
+                    # Deleting our veth ends now (not when the namespace is reaped later) lets an immediate
+                    # ensure_network of the same VPC start clean.
+                    for name in (names.router_port_name(vpc_id), names.host_uplink_name(vpc_id)):
+                        links.delete_link(host, name)
+                    links.delete_link(host, names.bridge_name(vpc_id))
+            if holder is not None:
+                Dnsmasq(vpc_id, self._store.dhcp_files(vpc_id)).stop(holder)
+                router.stop(holder, vpc_id, self._owner)
+            self._store.remove(vpc_id)
+            log.info("vpc %s: network deleted", vpc_id)
+
+    def network_ids(self) -> list[str]:
+        """VPCs this host has a network record for (ensure_network repairs one whose kernel parts are gone)."""
+        with self._lock:
+            return self._store.ids()
+
+    def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None:
+        """Firewall, ipsets and DHCP hosts of every VPC for exactly these ports; ports not listed lose theirs."""
+        self._require_checked()
+        with self._lock:
+            records = {vpc_id: self._store.load(vpc_id) for vpc_id in self._store.ids()}
+            specs = {vpc_id: record.spec for vpc_id, record in records.items() if record is not None}
+            _validate_ports(ports, specs)
+            self._firewall.apply(rules.render_ruleset(ports, groups))
+            for vpc_id, record in records.items():
+                if record is None:
+                    continue
+                dhcp_subnets = {subnet.id for subnet in record.spec.subnets if subnet.dhcp_enable}
+                hosts = [
+                    DhcpHost(mac=bp.port.mac, ip=bp.port.ip, hostname=bp.hostname)
+                    for bp in ports
+                    if bp.port.vpc_id == vpc_id and bp.port.subnet_id in dhcp_subnets
+                ]
+                holder = self._live_router(vpc_id, record)
+                Dnsmasq(vpc_id, self._store.dhcp_files(vpc_id)).set_hosts(hosts, holder)
+            log.info("synced %d ports and %d security groups", len(ports), len(groups))
+
+    def teardown_all(self) -> None:
+        """Remove every labcloud bridge, router namespace, dnsmasq, chain and ipset of this host, and the records."""
+        with self._lock:
+            failures: list[str] = []
+            holders = router.find(self._owner)
+            for vpc_id in self._store.ids():
+                record = self._store.load(vpc_id)
+                if record is not None and record.router is not None:
+                    holders.setdefault(vpc_id, record.router)
+            for vpc_id, holder in sorted(holders.items()):
+                try:
+                    router.stop(holder, vpc_id, self._owner)
+                except NetworkError as exc:
+                    failures.append(exc.message)
+            try:
+                with links.netlink() as host:
+                    prefixes = (names.ROUTER_PORT_PREFIX, names.HOST_UPLINK_PREFIX, names.BRIDGE_PREFIX)
+                    for prefix in prefixes:
+                        for name in links.names_with_prefix(host, prefix):
+                            links.delete_link(host, name)
+                self._firewall.teardown()
+            except NetworkError as exc:
+                failures.append(exc.message)
+            self._store.remove_all()
+            if failures:
+                raise NetworkError("teardown incomplete: " + "; ".join(failures))
+            log.info("host network torn down (%d routers)", len(holders))
+
+    # internals
+
+    def _require_checked(self) -> None:
+        if not self._checked:
+            self.check()
+
+    def _live_router(self, vpc_id: str, record: NetworkRecord | None) -> Router | None:
+        if (
+            record is not None
+            and record.router is not None
+            and router.is_alive(record.router, vpc_id, self._owner)
+        ):
+            return record.router
+        # The record may be lost or stale while the holder still runs (e.g. state written by a crashed agent).
+        return router.find(self._owner).get(vpc_id)
+
+    def _name_taken_by_other(self, vpc_id: str) -> bool:
+        bridge = names.bridge_name(vpc_id)
+        return any(other != vpc_id and names.bridge_name(other) == bridge for other in self._store.ids())
+
+    def _check_name_clash(self, vpc_id: str) -> None:
+        if self._name_taken_by_other(vpc_id):
+            raise NetworkError(
+                f"VPC {vpc_id} would share bridge {names.bridge_name(vpc_id)} with another VPC on this host"
+            )
+
+    def _plumb(self, spec: NetworkSpec, holder: Router) -> None:
+        _router_sysctls(holder)
+        subnets = [(ipaddress.IPv4Network(s.cidr, strict=False), s.gateway_ip) for s in spec.subnets]
+        gateways = {ipaddress.IPv4Interface(f"{gw}/{net.prefixlen}") for net, gw in subnets}
+        vpc_net = ipaddress.IPv4Network(spec.cidr, strict=False)
+        host_routes = {vpc_net} | {net for net, _ in subnets if not net.subnet_of(vpc_net)}
+        with links.netlink() as host, links.netlink(holder.netns_path) as rtr:
+            bridge = links.ensure_bridge(host, names.bridge_name(spec.vpc_id))
+            port, gw0 = links.ensure_veth(
+                host, names.router_port_name(spec.vpc_id), rtr, names.ROUTER_GATEWAY_DEV, holder.pid
+            )
+            links.set_master(host, port, bridge)
+            uplink, up0 = links.ensure_veth(
+                host, names.host_uplink_name(spec.vpc_id), rtr, names.ROUTER_UPLINK_DEV, holder.pid
+            )
+            links.set_up(rtr, "lo")
+            links.sync_addresses(rtr, gw0, gateways)
+            links.sync_addresses(rtr, up0, {ipaddress.IPv4Interface(f"{ROUTER_LINK_ADDR}/32")})
+            links.sync_addresses(host, uplink, {ipaddress.IPv4Interface(f"{HOST_LINK_ADDR}/32")})
+            links.replace_default_route(rtr, up0, HOST_LINK_ADDR)
+            links.sync_routes(host, uplink, host_routes, ROUTER_LINK_ADDR)
+
+
+def _router_sysctls(holder: Router) -> None:
+    """Forwarding on; no ICMP redirects between subnets on gw0; no IPv6 (VPCs are IPv4 only for now)."""
+    settings = [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.default.send_redirects=0",
+    ]
+    if Path("/proc/sys/net/ipv6").exists():
+        settings += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+    proc.run(proc.in_netns(holder.netns_path, ["sysctl", "-q", "-w", *settings]))
+
+
+def _validate(spec: NetworkSpec) -> None:
+    try:
+        names.id11(spec.vpc_id)
+        ipaddress.IPv4Network(spec.cidr, strict=False)
+        for subnet in spec.subnets:
+            names.id11(subnet.id)
+            net = ipaddress.IPv4Network(subnet.cidr, strict=False)
+            if ipaddress.IPv4Address(subnet.gateway_ip) not in net:
+                raise ValueError(f"gateway {subnet.gateway_ip} is outside subnet {subnet.cidr}")
+            for server in subnet.dns:
+                ipaddress.IPv4Address(server)
+            if not 68 <= subnet.mtu <= 65535:
+                raise ValueError(f"MTU {subnet.mtu} of subnet {subnet.id} is out of range")
+    except ValueError as exc:
+        raise NetworkError(f"VPC {spec.vpc_id}: {exc}") from exc
+
+
+def _validate_ports(ports: list[BoundPort], specs: dict[str, NetworkSpec]) -> None:
+    """Refuse the whole sync before touching anything if a port cannot be wired as asked."""
+    seen: dict[str, str] = {}
+    for bp in ports:
+        port = bp.port
+        if not bp.tap.startswith(names.TAP_PREFIX) or len(bp.tap) > 15:
+            raise NetworkError(
+                f"port {port.id}: tap {bp.tap!r} must start with {names.TAP_PREFIX!r}, ≤ 15 chars"
+            )
+        try:
+            key = names.id11(port.id)
+            ipaddress.IPv4Address(port.ip)
+        except ValueError as exc:
+            raise NetworkError(f"port {port.id}: {exc}") from exc
+        for claim in (key, bp.tap):
+            if seen.setdefault(claim, port.id) != port.id:
+                raise NetworkError(f"ports {seen[claim]} and {port.id} would share {claim}")
+        spec = specs.get(port.vpc_id)
+        if spec is None:
+            raise NetworkError(
+                f"port {port.id}: VPC {port.vpc_id} has no network on this host (ensure it first)"
+            )
+        if port.subnet_id not in {subnet.id for subnet in spec.subnets}:
+            raise NetworkError(f"port {port.id}: subnet {port.subnet_id} is not in VPC {port.vpc_id}")
+
+
+class NullNetwork:
+    """Does nothing but remember which networks exist: for simulated hosts on libvirt's test driver."""
+
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self._networks: set[str] = set()
+
+    def check(self) -> None:
+        return None
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        self._networks.add(spec.vpc_id)
+
+    def delete_network(self, vpc_id: str) -> None:
+        self._networks.discard(vpc_id)
+
+    def network_ids(self) -> list[str]:
+        return sorted(self._networks)
+
+    def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None:
+        return None
+
+    def teardown_all(self) -> None:
+        self._networks.clear()

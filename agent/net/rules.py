@@ -1,0 +1,300 @@
+"""Security groups rendered as iptables rules and ipsets: pure functions, no I/O.
+
+Layout of the filter table (all bridged traffic of the host namespace passes FORWARD once per output port):
+
+    FORWARD     -m physdev --physdev-is-bridged -j lc-FORWARD      (the only rule outside our chains)
+    lc-FORWARD  frame from a tap -> lc-EGRESS; frame to a tap -> lc-INGRESS; then ACCEPT if it touched a tap
+    lc-EGRESS   dispatch on --physdev-in  <tap>: goto lco-<port>; unknown tap: DROP
+    lc-INGRESS  dispatch on --physdev-out <tap>: goto lci-<port>; unknown tap: DROP
+    lco-<port>  from the guest: MAC/IP anti-spoofing, conntrack, DHCP, the groups' egress rules, DROP
+    lci-<port>  to the guest: conntrack, DHCP replies, the groups' ingress rules, DROP
+
+Per-port chains RETURN what they allow (and `lc-FORWARD` accepts it afterwards) so that a frame between two
+guests is checked by the sender's egress chain *and* the receiver's ingress chain. The dispatch chains use
+`-g` so a RETURN goes straight back to lc-FORWARD. Anti-spoofing comes before the conntrack shortcut:
+otherwise a guest could inject packets with a neighbour's address into that neighbour's established flows.
+
+Rules are written exactly as `iptables-save` prints them, so the rendered state can be compared with the
+kernel's and applying an unchanged state is a no-op.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from agent.errors import NetworkError
+from agent.net import names
+from agent.net.ports import BoundPort
+from agent.schemas import RuleSpec, SecurityGroupSpec
+
+log = logging.getLogger(__name__)
+
+FORWARD_JUMP = f"-A FORWARD -m physdev --physdev-is-bridged -j {names.FORWARD_CHAIN}"
+_TAPS = names.TAP_PREFIX + "+"
+_PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp"}
+_ANY_PROTOCOL = {None, "", "any", "-1"}
+_SET_TYPE = "hash:ip family inet"
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """What labcloud wants in the kernel: our chains (name -> rule lines) and our ipsets (name -> member IPs)."""
+
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sets: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def render_ruleset(ports: Sequence[BoundPort], groups: Sequence[SecurityGroupSpec]) -> Ruleset:
+    """The whole labcloud filter state for exactly these ports."""
+    by_id = {group.id: group for group in groups}
+    bound = sorted(ports, key=lambda bp: bp.tap)
+    fwd = names.FORWARD_CHAIN
+    chains: dict[str, tuple[str, ...]] = {
+        fwd: (
+            f"-A {fwd} -m physdev --physdev-in {_TAPS} --physdev-is-bridged -j {names.EGRESS_DISPATCH_CHAIN}",
+            f"-A {fwd} -m physdev --physdev-out {_TAPS} --physdev-is-bridged -j {names.INGRESS_DISPATCH_CHAIN}",
+            f"-A {fwd} -m physdev --physdev-in {_TAPS} --physdev-is-bridged -j ACCEPT",
+            f"-A {fwd} -m physdev --physdev-out {_TAPS} --physdev-is-bridged -j ACCEPT",
+        ),
+        names.EGRESS_DISPATCH_CHAIN: _dispatch(bound, egress=True),
+        names.INGRESS_DISPATCH_CHAIN: _dispatch(bound, egress=False),
+    }
+    remote_groups: set[str] = set()
+    for bp in bound:
+        port_rules = [rule for gid in bp.port.security_group_ids for rule in _group_rules(gid, by_id)]
+        remote_groups.update(
+            rule.remote_group_id for rule in port_rules if _applies(rule) and rule.remote_group_id
+        )
+        chains[names.egress_chain(bp.port.id)] = _egress_chain(bp, port_rules)
+        chains[names.ingress_chain(bp.port.id)] = _ingress_chain(bp, port_rules)
+    sets = {names.group_set(gid): _members(gid, by_id) for gid in sorted(remote_groups)}
+    return Ruleset(chains=chains, sets=sets)
+
+
+def _dispatch(bound: Sequence[BoundPort], *, egress: bool) -> tuple[str, ...]:
+    chain = names.EGRESS_DISPATCH_CHAIN if egress else names.INGRESS_DISPATCH_CHAIN
+    side = "--physdev-in" if egress else "--physdev-out"
+    lines = []
+    for bp in bound:
+        target = names.egress_chain(bp.port.id) if egress else names.ingress_chain(bp.port.id)
+        lines.append(f"-A {chain} -m physdev {side} {bp.tap} --physdev-is-bridged -g {target}")
+    lines.append(f"-A {chain} -j DROP")
+    return tuple(lines)
+
+
+def _group_rules(group_id: str, by_id: Mapping[str, SecurityGroupSpec]) -> list[RuleSpec]:
+    group = by_id.get(group_id)
+    if group is None:
+        log.warning("security group %s is not in the synced groups; it allows nothing", group_id)
+        return []
+    return list(group.rules)
+
+
+def _applies(rule: RuleSpec) -> bool:
+    """Only IPv4 rules become iptables rules."""
+    if rule.ethertype != "IPv4":
+        return False
+    return rule.remote_ip_prefix is None or _remote_network(rule).version == 4
+
+
+def _remote_network(rule: RuleSpec) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(rule.remote_ip_prefix or "", strict=False)
+    except ValueError as exc:
+        raise NetworkError(f"security group rule {rule.id}: bad remote_ip_prefix: {exc}") from exc
+
+
+def _egress_chain(bp: BoundPort, rules: Iterable[RuleSpec]) -> tuple[str, ...]:
+    chain = names.egress_chain(bp.port.id)
+    ip = _host(bp.port.ip)
+    lines = [
+        f"-A {chain} -m mac ! --mac-source {bp.port.mac.lower()} -j DROP",
+        # DHCP DISCOVER/REQUEST before the guest has an address.
+        f"-A {chain} -s 0.0.0.0/32 -p udp -m udp --sport 68 --dport 67 -j RETURN",
+        f"-A {chain} ! -s {ip} -j DROP",
+        f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"-A {chain} -m conntrack --ctstate INVALID -j DROP",
+        # A guest may renew its lease but never act as a DHCP server for its neighbours.
+        f"-A {chain} -p udp -m udp --sport 68 --dport 67 -j RETURN",
+        f"-A {chain} -p udp -m udp --sport 67 --dport 68 -j DROP",
+    ]
+    lines += _group_lines(chain, rules, "egress")
+    lines.append(f"-A {chain} -j DROP")
+    return tuple(lines)
+
+
+def _ingress_chain(bp: BoundPort, rules: Iterable[RuleSpec]) -> tuple[str, ...]:
+    chain = names.ingress_chain(bp.port.id)
+    lines = [
+        f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"-A {chain} -m conntrack --ctstate INVALID -j DROP",
+        f"-A {chain} -p udp -m udp --sport 67 --dport 68 -j RETURN",
+    ]
+    lines += _group_lines(chain, rules, "ingress")
+    lines.append(f"-A {chain} -j DROP")
+    return tuple(lines)
+
+
+def _group_lines(chain: str, rules: Iterable[RuleSpec], direction: str) -> list[str]:
+    """The groups' rules of one direction, in order, without duplicates."""
+    lines: list[str] = []
+    for rule in rules:
+        if rule.direction != direction or not _applies(rule):
+            continue
+        line = f"-A {chain} {render_rule(rule)}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def render_rule(rule: RuleSpec) -> str:
+    """The match and target of one IPv4 security-group rule, in iptables-save's order (pure)."""
+    ingress = rule.direction == "ingress"
+    parts: list[str] = []
+    if rule.remote_ip_prefix:
+        net = _remote_network(rule)
+        if net.prefixlen:
+            parts += ["-s" if ingress else "-d", str(net)]
+    protocol = _protocol(rule)
+    if protocol:
+        parts += ["-p", protocol]
+    if protocol in ("tcp", "udp"):
+        ports = _port_range(rule)
+        if ports:
+            parts += ["-m", protocol, "--dport", ports]
+    elif protocol == "icmp" and rule.port_range_min is not None:
+        icmp = str(rule.port_range_min)
+        if rule.port_range_max is not None:
+            icmp += f"/{rule.port_range_max}"
+        parts += ["-m", "icmp", "--icmp-type", icmp]
+    if rule.remote_group_id:
+        parts += [
+            "-m",
+            "set",
+            "--match-set",
+            names.group_set(rule.remote_group_id),
+            "src" if ingress else "dst",
+        ]
+    parts += ["-j", "RETURN"]
+    return " ".join(parts)
+
+
+def _protocol(rule: RuleSpec) -> str | None:
+    value = rule.protocol.lower() if rule.protocol else rule.protocol
+    if value in _ANY_PROTOCOL:
+        return None
+    if value not in _PROTOCOLS:
+        raise NetworkError(f"security group rule {rule.id}: protocol {rule.protocol!r} is not supported")
+    return _PROTOCOLS[value]
+
+
+def _port_range(rule: RuleSpec) -> str | None:
+    low, high = rule.port_range_min, rule.port_range_max
+    if low is None and high is None:
+        return None
+    low = 0 if low is None else low
+    high = low if high is None else high
+    if not 0 <= low <= high <= 65535:
+        raise NetworkError(f"security group rule {rule.id}: bad port range {low}-{high}")
+    if (low, high) == (0, 65535):
+        return None  # iptables-save drops a full range
+    return str(low) if low == high else f"{low}:{high}"
+
+
+def _host(ip: str) -> str:
+    return f"{ipaddress.IPv4Address(ip)}/32"
+
+
+def _members(group_id: str, by_id: Mapping[str, SecurityGroupSpec]) -> frozenset[str]:
+    group = by_id.get(group_id)
+    if group is None:
+        log.warning("remote security group %s is not in the synced groups; its ipset stays empty", group_id)
+        return frozenset()
+    addresses = (ipaddress.ip_address(ip) for ip in group.member_ips)
+    return frozenset(str(addr) for addr in addresses if addr.version == 4)
+
+
+# iptables-restore / iptables-save
+
+
+def parse_iptables_save(text: str) -> tuple[dict[str, tuple[str, ...]], int]:
+    """Our chains from `iptables-save -t filter` output, and how many times FORWARD jumps into lc-FORWARD."""
+    chains: dict[str, list[str]] = {}
+    jumps = 0
+    table = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        if table != "filter":
+            continue
+        if line.startswith(":"):
+            chain = line[1:].split()[0]
+            if names.is_owned_chain(chain):
+                chains.setdefault(chain, [])
+        elif line.startswith("-A "):
+            chain = line.split()[1]
+            if names.is_owned_chain(chain):
+                chains.setdefault(chain, []).append(line)
+            elif line == FORWARD_JUMP:
+                jumps += 1
+    return {chain: tuple(lines) for chain, lines in chains.items()}, jumps
+
+
+def render_restore(
+    desired: Mapping[str, Sequence[str]], current: Mapping[str, Sequence[str]], jumps: int
+) -> str:
+    """`iptables-restore --noflush` input that turns `current` into `desired` in one transaction.
+
+    Declaring a chain flushes (or creates) it, so every chain we own is declared and refilled; chains no longer
+    wanted are emptied the same way and then deleted. Nothing outside our chains is touched except the jump.
+    """
+    lines = ["*filter"]
+    lines += [f":{chain} - [0:0]" for chain in sorted(set(desired) | set(current))]
+    jump_rule = FORWARD_JUMP.removeprefix("-A FORWARD ")
+    if jumps == 0 and desired:
+        lines.append(f"-I FORWARD 1 {jump_rule}")
+    surplus = jumps - 1 if desired else jumps
+    lines += [f"-D FORWARD {jump_rule}"] * max(surplus, 0)
+    for chain in desired:
+        lines += desired[chain]
+    lines += [f"-X {chain}" for chain in sorted(set(current) - set(desired))]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+# ipset
+
+
+def parse_ipset_save(text: str) -> dict[str, frozenset[str]]:
+    """Our ipsets and their members from `ipset save` output."""
+    sets: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "create" and names.is_owned_set(words[1]):
+            sets.setdefault(words[1], set())
+        elif len(words) >= 3 and words[0] == "add" and names.is_owned_set(words[1]):
+            sets.setdefault(words[1], set()).add(words[2])
+    return {name: frozenset(members) for name, members in sets.items()}
+
+
+def render_ipset_update(desired: Mapping[str, frozenset[str]], current: Mapping[str, frozenset[str]]) -> str:
+    """`ipset restore` input creating missing sets and swapping in new members of changed ones ('' if none)."""
+    lines: list[str] = []
+    for name in sorted(desired):
+        members = sorted(desired[name], key=ipaddress.IPv4Address)
+        if name not in current:
+            lines.append(f"create {name} {_SET_TYPE}")
+            lines += [f"add {name} {ip}" for ip in members]
+        elif current[name] != desired[name]:
+            staging = names.STAGING_SET_PREFIX + name.removeprefix(names.GROUP_SET_PREFIX)
+            lines += [f"create {staging} {_SET_TYPE} -exist", f"flush {staging}"]
+            lines += [f"add {staging} {ip}" for ip in members]
+            lines += [f"swap {staging} {name}", f"destroy {staging}"]
+    return "".join(line + "\n" for line in lines)
+
+
+def render_ipset_destroy(names_: Iterable[str]) -> str:
+    return "".join(f"destroy {name}\n" for name in sorted(names_))

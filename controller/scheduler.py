@@ -1,0 +1,103 @@
+"""Placement: a pure function from a request and host capacities to a host id, or the reasons none fits.
+
+Filters drop hosts that cannot take the server (wrong AZ, disabled, silent, out of vCPU/RAM/disk after the
+overcommit ratios); weights order the rest (most free RAM, then fewest servers, then id for a stable answer).
+The caller builds the candidates from the Host rows minus the claims of servers already placed, inside the
+transaction that records the new claim, so concurrent placements see each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    vcpus: int
+    ram_mib: int
+    disk_gib: int
+    availability_zone: str | None = None  # None: any zone
+
+
+@dataclass(frozen=True)
+class HostCandidate:
+    id: str
+    availability_zone: str
+    enabled: bool
+    heartbeat_age: float  # seconds since the agent last reported
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    used_vcpus: int = 0
+    used_ram_mib: int = 0
+    used_disk_gib: int = 0
+    servers: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerPolicy:
+    cpu_allocation_ratio: float = 4.0
+    ram_allocation_ratio: float = 1.0
+    disk_allocation_ratio: float = 1.0
+    host_dead_seconds: float = 45.0
+
+
+@dataclass(frozen=True)
+class NoValidHost:
+    """No host fits; `reasons` says, per host id, which filter dropped it."""
+
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def message(self) -> str:
+        if not self.reasons:
+            return "No valid host was found: no hypervisor host is registered."
+        details = "; ".join(f"{host}: {why}" for host, why in sorted(self.reasons.items()))
+        return f"No valid host was found ({len(self.reasons)} hosts considered): {details}"
+
+
+DEFAULT_POLICY = SchedulerPolicy()
+
+
+def schedule(
+    request: PlacementRequest, hosts: list[HostCandidate], policy: SchedulerPolicy = DEFAULT_POLICY
+) -> str | NoValidHost:
+    reasons: dict[str, str] = {}
+    fitting: list[HostCandidate] = []
+    for host in hosts:
+        why = _refusal(request, host, policy)
+        if why is None:
+            fitting.append(host)
+        else:
+            reasons[host.id] = why
+    if not fitting:
+        return NoValidHost(reasons)
+    best = min(fitting, key=lambda h: (-free_ram_mib(h, policy), h.servers, h.id))
+    return best.id
+
+
+def free_ram_mib(host: HostCandidate, policy: SchedulerPolicy = DEFAULT_POLICY) -> float:
+    return host.memory_mib * policy.ram_allocation_ratio - host.used_ram_mib
+
+
+def _refusal(request: PlacementRequest, host: HostCandidate, policy: SchedulerPolicy) -> str | None:
+    if request.availability_zone is not None and host.availability_zone != request.availability_zone:
+        return f"in availability zone {host.availability_zone}, not {request.availability_zone}"
+    if not host.enabled:
+        return "disabled"
+    if host.heartbeat_age > policy.host_dead_seconds:
+        return f"down (no heartbeat for {host.heartbeat_age:.0f} s)"
+    free_vcpus = host.vcpus * policy.cpu_allocation_ratio - host.used_vcpus
+    if request.vcpus > free_vcpus:
+        return f"needs {request.vcpus} vCPUs, {_num(free_vcpus)} free"
+    free_ram = free_ram_mib(host, policy)
+    if request.ram_mib > free_ram:
+        return f"needs {request.ram_mib} MiB RAM, {_num(free_ram)} free"
+    free_disk = host.disk_gib * policy.disk_allocation_ratio - host.used_disk_gib
+    if request.disk_gib > free_disk:
+        return f"needs {request.disk_gib} GiB disk, {_num(free_disk)} free"
+    return None
+
+
+def _num(value: float) -> str:
+    value = max(0.0, value)
+    return str(int(value)) if value == int(value) else f"{value:.1f}"
