@@ -10,6 +10,7 @@ import contextvars
 import hmac
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
@@ -33,6 +34,7 @@ from agent.service import SERVER_ID_PATTERN, AgentService, InvalidRequest
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
+UNAUTHORIZED_CODE = "Agent.0401"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("labcloud_request_id", default="-")
 
 
@@ -71,12 +73,7 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-class Unauthorized(AgentFailure):
-    code = "Agent.0401"
-    status = 401
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     body = AgentError(code=code, message=message).model_dump()
     return JSONResponse(status_code=status, content=body, headers=headers)
 
@@ -90,8 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("%s %s failed: %s %s", request.method, request.url.path, exc.code, exc.message)
         else:
             log.info("%s %s refused: %s %s", request.method, request.url.path, exc.code, exc.message)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return _error(exc.status, exc.code, exc.message, headers)
+        return _error(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,10 +101,36 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, f"Agent.{exc.status_code:04d}", str(exc.detail), exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s crashed", request.method, request.url.path)
-        return _error(500, AgentFailure.code, f"internal error: {type(exc).__name__}")
+
+class CrashGuardMiddleware:
+    """Turns an unexpected exception into the agent's 500 error shape.
+
+    Starlette would handle it in its outermost middleware, outside RequestIdMiddleware, so the log line and
+    the response would lose the request id; this sits inside it instead.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.exception("%s %s crashed", scope["method"], scope["path"])
+            if started:  # too late for an error response; let the server drop the connection
+                raise
+            response = _error(500, AgentFailure.code, f"internal error: {type(exc).__name__}")
+            await response(scope, receive, send)
 
 
 def _service(request: Request) -> AgentService:
@@ -116,17 +138,32 @@ def _service(request: Request) -> AgentService:
     return service
 
 
-def _require_token(request: Request) -> None:
-    expected: str = request.app.state.join_token
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected.encode()):
-        raise Unauthorized("missing or wrong bearer token")
+class BearerAuthMiddleware:
+    """Refuses every request, known path or not, that lacks `Authorization: Bearer <join token>`."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = f"bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._authorized(scope):
+            log.info("%s %s refused: missing or wrong bearer token", scope["method"], scope["path"])
+            headers = {"WWW-Authenticate": "Bearer"}
+            response = _error(401, UNAUTHORIZED_CODE, "missing or wrong bearer token", headers)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        presented = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = presented.partition(b" ")
+        return hmac.compare_digest(scheme.lower() + b" " + token.strip(), self._expected)
 
 
 Service = Annotated[AgentService, Depends(_service)]
 ServerId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
 
-router = APIRouter(dependencies=[Depends(_require_token)])
+router = APIRouter()
 
 
 @router.get("/healthz")

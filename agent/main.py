@@ -10,7 +10,14 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from agent.api import RequestIdFilter, RequestIdMiddleware, install_error_handlers, router
+from agent.api import (
+    BearerAuthMiddleware,
+    CrashGuardMiddleware,
+    RequestIdFilter,
+    RequestIdMiddleware,
+    install_error_handlers,
+    router,
+)
 from agent.config import AgentSettings
 from agent.schemas import HostInfo
 from agent.service import AgentService
@@ -129,8 +136,10 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
                 agent.close()
 
     app = FastAPI(title="labcloud agent", lifespan=lifespan)
-    app.state.join_token = settings.join_token.get_secret_value()
     app.state.service = service
+    # The last added is the outermost: the request id is set first, so refusals and crashes carry it too.
+    app.add_middleware(CrashGuardMiddleware)
+    app.add_middleware(BearerAuthMiddleware, token=settings.join_token.get_secret_value())
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(router)

@@ -28,7 +28,8 @@ from pydantic import ValidationError
 from agent.config import AgentSettings
 from agent.errors import AgentFailure, NetworkError, NotFound, StorageError, VirtError
 from agent.net.names import bridge_name, tap_name
-from agent.net.network import BoundPort, HostNetwork, Network, NullNetwork
+from agent.net.network import HostNetwork, Network, NullNetwork
+from agent.net.ports import BoundPort
 from agent.schemas import (
     HostInfo,
     PortSpec,
@@ -293,16 +294,26 @@ class AgentService:
             existing = set(self._network.network_ids())
             created = [net.vpc_id for net in spec.networks if net.vpc_id not in existing]
 
-            def unwire() -> None:
+            def restore_spec() -> None:
+                if previous is None:
+                    self._specs.delete(sid)
+                else:
+                    self._specs.put(previous)
+
+            def resync_ports() -> None:
                 with self._sync_lock:
-                    if previous is None:
-                        self._specs.delete(sid)
-                    else:
-                        self._specs.put(previous)
                     self._sync_ports()
+
+            def delete_created() -> None:
+                with self._sync_lock:
                     self._delete_orphan_networks(only=created)
 
-            rollback.add("restore spec and port wiring", unwire)
+            # Registered in reverse: the spec is restored first, so neither undo counts this call's ports.
+            rollback.add(
+                f"delete networks this call created ({', '.join(created) or 'none'})", delete_created
+            )
+            rollback.add("re-sync ports without this spec", resync_ports)
+            rollback.add("restore previous spec", restore_spec)
             with step(sid, "storing spec", StorageError):
                 self._specs.put(spec)
             with step(sid, "ensuring networks", NetworkError):

@@ -107,7 +107,7 @@ def hostname_label(name: str) -> str:
 
 
 def render_hosts(hosts: list[DhcpHost]) -> str:
-    """The dhcp-hostsfile: one `MAC,IP[,hostname]` per line, sorted so equal input gives equal bytes (pure)."""
+    """The dhcp-hostsfile: `MAC,IP[,hostname]` per line, sorted so equal input gives equal bytes (pure)."""
     lines = []
     for host in sorted(hosts, key=lambda h: (ipaddress.IPv4Address(h.ip), h.mac.lower())):
         fields = [host.mac.lower(), host.ip]
@@ -119,42 +119,44 @@ def render_hosts(hosts: list[DhcpHost]) -> str:
 
 
 class Dnsmasq:
-    """The dnsmasq of one VPC. Holds no process handle: the pid file is the truth, so a restarted agent adopts it."""
+    """One VPC's dnsmasq. No process handle: the pid file is the truth, so a restarted agent adopts it."""
 
     def __init__(self, vpc_id: str, files: DhcpFiles) -> None:
         self.vpc_id = vpc_id
         self.files = files
 
-    def pid(self, router: Router) -> int | None:
-        """Pid of our running dnsmasq: alive, inside the router namespace, started with our config file."""
+    def _recorded_pid(self) -> int | None:
+        """The pid in the pid file, if that process is a running dnsmasq started with our config file."""
         try:
             pid = int(self.files.pid.read_text().strip())
         except (OSError, ValueError):
             return None
-        if not proc.is_running(pid) or proc.netns_inode(pid) != router.netns_inode:
-            return None
         argv = proc.cmdline(pid)
-        if (
-            not argv
-            or os.path.basename(argv[0]) != "dnsmasq"
-            or f"--conf-file={self.files.config}" not in argv
-        ):
+        ours = bool(argv) and os.path.basename(argv[0]) == "dnsmasq"
+        if not ours or f"--conf-file={self.files.config}" not in argv or not proc.is_running(pid):
             return None
         return pid
+
+    def pid(self, router: Router) -> int | None:
+        """Pid of our dnsmasq if it runs inside `router`'s namespace."""
+        pid = self._recorded_pid()
+        return pid if pid is not None and proc.netns_inode(pid) == router.netns_inode else None
 
     def ensure(self, spec: NetworkSpec, router: Router) -> None:
         """Running with the config for `spec`: started if down, restarted if the subnets changed."""
         self.files.directory.mkdir(parents=True, exist_ok=True)
         if not self.files.hosts.exists():
             write_atomically(self.files.hosts, "")
-        # dnsmasq re-reads the hosts file after dropping privileges; fall back to root if nobody cannot reach it.
+        # dnsmasq re-reads the hosts file after dropping privileges; stay root if nobody cannot reach it.
         user = "nobody" if reachable_by_others(self.files.hosts) else "root"
         changed = write_atomically(self.files.config, render_config(spec, self.files, user=user))
-        pid = self.pid(router)
-        if pid is not None and not changed:
+        pid = self._recorded_pid()
+        in_router = pid is not None and proc.netns_inode(pid) == router.netns_inode
+        if in_router and not changed:
             return
         if pid is not None:
-            log.info("vpc %s: subnets changed, restarting dnsmasq %s", self.vpc_id, pid)
+            why = "subnets changed" if in_router else "it runs in a former router namespace"
+            log.info("vpc %s: restarting dnsmasq %s: %s", self.vpc_id, pid, why)
             proc.terminate([pid])
         self._start(router)
 
@@ -180,8 +182,9 @@ class Dnsmasq:
             log.info("vpc %s: %d DHCP hosts, reloading dnsmasq %s", self.vpc_id, len(hosts), pid)
             os.kill(pid, signal.SIGHUP)
 
-    def stop(self, router: Router | None) -> None:
-        pid = self.pid(router) if router is not None else None
+    def stop(self) -> None:
+        """Stop our dnsmasq wherever it runs (the pid file and its command line identify it)."""
+        pid = self._recorded_pid()
         if pid is not None:
             log.info("vpc %s: stopping dnsmasq %s", self.vpc_id, pid)
             proc.terminate([pid])

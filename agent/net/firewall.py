@@ -7,37 +7,73 @@ Unchanged state is detected by comparing with `iptables-save` / `ipset save`, so
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from agent.net import proc, rules
-from agent.net.rules import Ruleset
+from agent.net.rules import FilterState, Ruleset
 
 log = logging.getLogger(__name__)
 
+Chains = Mapping[str, tuple[str, ...]]
+
+
+class _Table:
+    """The filter table of one IP family, read with *-save and written with *-restore."""
+
+    def __init__(self, tool: str) -> None:
+        self.tool = tool  # iptables or ip6tables
+
+    def read(self) -> FilterState:
+        return rules.parse_iptables_save(proc.run([f"{self.tool}-save", "-t", "filter"]))
+
+    def write(self, desired: Chains, current: FilterState) -> None:
+        restore = rules.render_restore(desired, current)
+        log.debug("%s-restore input:\n%s", self.tool, restore)
+        proc.run([f"{self.tool}-restore", "-w", "--noflush"], stdin=restore)
+
+    def sync(self, desired: Chains) -> bool:
+        """Make our chains exactly `desired`; False if they already were."""
+        current = self.read()
+        if current.chains == desired and current.jump_in_place:
+            return False
+        self.write(desired, current)
+        # A rule rendered differently from iptables-save's spelling would be rewritten on every sync: say so.
+        after = self.read()
+        for chain in sorted(set(desired) | set(after.chains)):
+            if desired.get(chain) != after.chains.get(chain):
+                log.warning("%s chain %s reads back as %s", self.tool, chain, after.chains.get(chain))
+        if not after.jump_in_place:
+            log.warning("%s FORWARD jump not in place after restore: %s", self.tool, after.forward)
+        return True
+
+    def clear(self) -> int:
+        current = self.read()
+        if current.chains or current.jumps:
+            self.write({}, current)
+        return len(current.chains)
+
 
 class Firewall:
-    """The labcloud part of the filter table and the labcloud ipsets of the current network namespace."""
+    """The labcloud chains of both filter tables and the labcloud ipsets of the current network namespace."""
 
-    def current(self) -> tuple[Ruleset, int]:
-        """What the kernel holds now: our chains and sets, and the number of FORWARD jumps into lc-FORWARD."""
-        chains, jumps = rules.parse_iptables_save(proc.run(["iptables-save", "-t", "filter"]))
-        sets = rules.parse_ipset_save(proc.run(["ipset", "save"]))
-        return Ruleset(chains=chains, sets=sets), jumps
+    def __init__(self) -> None:
+        self._v4 = _Table("iptables")
+        self._v6 = _Table("ip6tables")
+
+    def sets(self) -> dict[str, frozenset[str]]:
+        return rules.parse_ipset_save(proc.run(["ipset", "save"]))
 
     def apply(self, desired: Ruleset) -> bool:
         """Make the kernel hold exactly `desired`; returns False if it already did (nothing was written)."""
-        current, jumps = self.current()
+        current_sets = self.sets()
         changed = False
-        set_update = rules.render_ipset_update(desired.sets, current.sets)
+        set_update = rules.render_ipset_update(desired.sets, current_sets)
         if set_update:
             proc.run(["ipset", "restore"], stdin=set_update)
             changed = True
-        if current.chains != desired.chains or jumps != 1:
-            restore = rules.render_restore(desired.chains, current.chains, jumps)
-            log.debug("iptables-restore input:\n%s", restore)
-            proc.run(["iptables-restore", "-w", "--noflush"], stdin=restore)
-            changed = True
-            self._check_converged(desired)
-        stale = set(current.sets) - set(desired.sets)
+        changed |= self._v4.sync(desired.chains)
+        changed |= self._v6.sync(desired.chains6)
+        stale = set(current_sets) - set(desired.sets)
         if stale:
             proc.run(["ipset", "restore"], stdin=rules.render_ipset_destroy(stale))
             changed = True
@@ -49,27 +85,10 @@ class Firewall:
         )
         return changed
 
-    def _check_converged(self, desired: Ruleset) -> None:
-        # A rule rendered differently from iptables-save's spelling would be rewritten on every sync; say so.
-        after, jumps = self.current()
-        for chain in sorted(set(desired.chains) | set(after.chains)):
-            if desired.chains.get(chain) != after.chains.get(chain):
-                log.warning(
-                    "chain %s reads back differently:\n want %s\n have %s",
-                    chain,
-                    desired.chains.get(chain),
-                    after.chains.get(chain),
-                )
-        if jumps != 1:
-            log.warning("FORWARD jumps into lc-FORWARD %d times after restore", jumps)
-
     def teardown(self) -> None:
-        """Remove every labcloud chain, the FORWARD jump and every labcloud ipset."""
-        current, jumps = self.current()
-        if current.chains or jumps:
-            proc.run(
-                ["iptables-restore", "-w", "--noflush"], stdin=rules.render_restore({}, current.chains, jumps)
-            )
-        if current.sets:
-            proc.run(["ipset", "restore"], stdin=rules.render_ipset_destroy(current.sets))
-        log.info("firewall: removed %d chains and %d ipsets", len(current.chains), len(current.sets))
+        """Remove every labcloud chain, the FORWARD jumps and every labcloud ipset."""
+        removed = self._v4.clear() + self._v6.clear()
+        current_sets = self.sets()
+        if current_sets:
+            proc.run(["ipset", "restore"], stdin=rules.render_ipset_destroy(current_sets))
+        log.info("firewall: removed %d chains and %d ipsets", removed, len(current_sets))

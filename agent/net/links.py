@@ -60,12 +60,21 @@ def ensure_bridge(ipr: IPRoute, name: str) -> int:
     """A Linux bridge named `name`, up; returns its index."""
     idx = index(ipr, name)
     if idx is None:
-        ipr.link("add", ifname=name, kind="bridge")
+        # nf_call_iptables on the bridge itself keeps security groups working even if someone turns the
+        # global net.bridge.bridge-nf-call-iptables off later.
+        ipr.link("add", ifname=name, kind="bridge", br_nf_call_iptables=1, br_nf_call_ip6tables=1)
         idx = index(ipr, name)
         log.info("created bridge %s", name)
     elif _kind(ipr, idx) != "bridge":
         raise NetworkError(f"{name} exists but is not a bridge")
     assert idx is not None
+    data = ("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    link = ipr.get_links(idx)[0]
+    if (
+        link.get_nested(*data, "IFLA_BR_NF_CALL_IPTABLES"),
+        link.get_nested(*data, "IFLA_BR_NF_CALL_IP6TABLES"),
+    ) != (1, 1):
+        ipr.link("set", index=idx, kind="bridge", br_nf_call_iptables=1, br_nf_call_ip6tables=1)
     disable_ipv6(name)
     ipr.link("set", index=idx, state="up")
     return idx
@@ -173,7 +182,7 @@ def sync_routes(ipr: IPRoute, idx: int, wanted: set[ipaddress.IPv4Network], gate
 
 
 def disable_ipv6(name: str) -> None:
-    """No IPv6 on our host-side devices: a link-local address on the bridge would let guests reach the host."""
+    """No IPv6 on our host-side devices: a link-local address on a bridge would let guests reach the host."""
     knob = Path("/proc/sys/net/ipv6/conf") / name / "disable_ipv6"
     if knob.exists() and knob.read_text().strip() != "1":
         knob.write_text("1\n")

@@ -77,8 +77,12 @@ def staging_set(group_id: str) -> str:
 
 
 def dhcp_tag(subnet_id: str) -> str:
-    """dnsmasq tag that ties a subnet's dhcp-range to its options."""
-    return "s" + id11(subnet_id)
+    """dnsmasq tag that ties a subnet's dhcp-range to its options: the whole id, as tags have no length limit
+    and two subnets of one VPC sharing a tag would get each other's router and MTU."""
+    tag = subnet_id.replace("-", "").lower()
+    if not _ID_RE.match(tag):
+        raise ValueError(f"subnet id {subnet_id!r} cannot be a dnsmasq tag (need letters, digits, dashes)")
+    return "s" + tag
 
 
 def is_owned_chain(chain: str) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -33,8 +34,20 @@ log = logging.getLogger(__name__)
 
 HOST_LINK_ADDR = "169.254.0.1"  # on every lch<vpc> in the host namespace
 ROUTER_LINK_ADDR = "169.254.0.2"  # on up0 in every router namespace
-REQUIRED_TOOLS = ("iptables", "iptables-save", "iptables-restore", "ipset", "dnsmasq", "unshare", "nsenter")
-BR_NF_CALL_IPTABLES = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+REQUIRED_TOOLS = (
+    "iptables-save",
+    "iptables-restore",
+    "ip6tables-save",
+    "ip6tables-restore",
+    "ipset",
+    "dnsmasq",
+    "unshare",
+    "nsenter",
+    "sysctl",
+)
+BR_NETFILTER = Path("/proc/sys/net/bridge")
+BR_NF_KNOBS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 class Network(Protocol):
@@ -53,35 +66,23 @@ class HostNetwork:
 
     def __init__(self, state_dir: Path) -> None:
         self._store = NetworkStore(Path(state_dir).resolve() / "net")
-        self._owner = str(
-            self._store.root
-        )  # marks our router holders apart from other agents' on this machine
+        # Marks our router holders apart from those of other agents on this machine.
+        self._owner = str(self._store.root)
         self._firewall = Firewall()
         self._lock = threading.RLock()
         self._checked = False
 
     def check(self) -> None:
-        """Prerequisites: the tools, and br_netfilter handing bridged IPv4 to iptables (else SGs filter nothing)."""
+        """Prerequisites: the tools, and br_netfilter passing bridged IP to iptables (else no SG works)."""
         for tool in REQUIRED_TOOLS:
             proc.which(tool)
-        if not BR_NF_CALL_IPTABLES.exists():
+        if not (BR_NETFILTER / BR_NF_KNOBS[0]).exists():
             try:
                 proc.run(["modprobe", "br_netfilter"])
             except NetworkError as exc:
                 log.warning("modprobe br_netfilter failed: %s", exc.message)
-        if not BR_NF_CALL_IPTABLES.exists():
-            raise NetworkError(
-                "br_netfilter is not loaded (no /proc/sys/net/bridge/bridge-nf-call-iptables): bridged traffic "
-                "would bypass security groups; load it with `modprobe br_netfilter`"
-            )
-        if BR_NF_CALL_IPTABLES.read_text().strip() != "1":
-            try:
-                BR_NF_CALL_IPTABLES.write_text("1\n")
-            except OSError as exc:
-                raise NetworkError(f"cannot set net.bridge.bridge-nf-call-iptables=1: {exc}") from exc
-            if BR_NF_CALL_IPTABLES.read_text().strip() != "1":
-                raise NetworkError("net.bridge.bridge-nf-call-iptables does not stay at 1")
-            log.info("set net.bridge.bridge-nf-call-iptables=1")
+        for knob in BR_NF_KNOBS:
+            _ensure_sysctl_on(BR_NETFILTER / knob)
         self._checked = True
 
     def ensure_network(self, spec: NetworkSpec) -> None:
@@ -101,7 +102,7 @@ class HostNetwork:
             if any(subnet.dhcp_enable for subnet in spec.subnets):
                 dnsmasq.ensure(spec, holder)
             else:
-                dnsmasq.stop(holder)
+                dnsmasq.stop()
             log.info(
                 "vpc %s: network ready (%d subnets, router pid %s)",
                 spec.vpc_id,
@@ -121,19 +122,19 @@ class HostNetwork:
                     for name in (names.router_port_name(vpc_id), names.host_uplink_name(vpc_id)):
                         links.delete_link(host, name)
                     links.delete_link(host, names.bridge_name(vpc_id))
+            Dnsmasq(vpc_id, self._store.dhcp_files(vpc_id)).stop()
             if holder is not None:
-                Dnsmasq(vpc_id, self._store.dhcp_files(vpc_id)).stop(holder)
                 router.stop(holder, vpc_id, self._owner)
             self._store.remove(vpc_id)
             log.info("vpc %s: network deleted", vpc_id)
 
     def network_ids(self) -> list[str]:
-        """VPCs this host has a network record for (ensure_network repairs one whose kernel parts are gone)."""
+        """VPCs this host has a record for (ensure_network repairs one whose kernel parts are gone)."""
         with self._lock:
             return self._store.ids()
 
     def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None:
-        """Firewall, ipsets and DHCP hosts of every VPC for exactly these ports; ports not listed lose theirs."""
+        """Firewall, ipsets and DHCP hosts of every VPC for exactly these ports; others lose theirs."""
         self._require_checked()
         with self._lock:
             records = {vpc_id: self._store.load(vpc_id) for vpc_id in self._store.ids()}
@@ -154,7 +155,7 @@ class HostNetwork:
             log.info("synced %d ports and %d security groups", len(ports), len(groups))
 
     def teardown_all(self) -> None:
-        """Remove every labcloud bridge, router namespace, dnsmasq, chain and ipset of this host, and the records."""
+        """Remove every labcloud bridge, router namespace, dnsmasq, chain and ipset here, and the records."""
         with self._lock:
             failures: list[str] = []
             holders = router.find(self._owner)
@@ -162,9 +163,11 @@ class HostNetwork:
                 record = self._store.load(vpc_id)
                 if record is not None and record.router is not None:
                     holders.setdefault(vpc_id, record.router)
-            for vpc_id, holder in sorted(holders.items()):
+            for vpc_id in sorted(set(holders) | set(self._store.ids())):
                 try:
-                    router.stop(holder, vpc_id, self._owner)
+                    Dnsmasq(vpc_id, self._store.dhcp_files(vpc_id)).stop()
+                    if vpc_id in holders:
+                        router.stop(holders[vpc_id], vpc_id, self._owner)
                 except NetworkError as exc:
                     failures.append(exc.message)
             try:
@@ -173,6 +176,9 @@ class HostNetwork:
                     for prefix in prefixes:
                         for name in links.names_with_prefix(host, prefix):
                             links.delete_link(host, name)
+            except NetworkError as exc:
+                failures.append(exc.message)
+            try:
                 self._firewall.teardown()
             except NetworkError as exc:
                 failures.append(exc.message)
@@ -230,6 +236,24 @@ class HostNetwork:
             links.sync_routes(host, uplink, host_routes, ROUTER_LINK_ADDR)
 
 
+def _ensure_sysctl_on(knob: Path) -> None:
+    """A br_netfilter switch at 1; without it bridged traffic would bypass the security groups."""
+    if not knob.exists():
+        raise NetworkError(
+            f"br_netfilter is not loaded (no {knob}): bridged traffic would bypass security groups; "
+            "load it with `modprobe br_netfilter`"
+        )
+    if knob.read_text().strip() == "1":
+        return
+    try:
+        knob.write_text("1\n")
+    except OSError as exc:
+        raise NetworkError(f"cannot set {knob} to 1: {exc}") from exc
+    if knob.read_text().strip() != "1":
+        raise NetworkError(f"{knob} does not stay at 1")
+    log.info("set %s to 1", knob)
+
+
 def _router_sysctls(holder: Router) -> None:
     """Forwarding on; no ICMP redirects between subnets on gw0; no IPv6 (VPCs are IPv4 only for now)."""
     settings = [
@@ -243,11 +267,14 @@ def _router_sysctls(holder: Router) -> None:
 
 
 def _validate(spec: NetworkSpec) -> None:
+    """Refuse a spec the kernel or dnsmasq would reject, before anything is touched."""
     try:
         names.id11(spec.vpc_id)
         ipaddress.IPv4Network(spec.cidr, strict=False)
+        tags = [names.dhcp_tag(subnet.id) for subnet in spec.subnets]
+        if len(set(tags)) != len(tags):
+            raise ValueError("two subnets have the same id")
         for subnet in spec.subnets:
-            names.id11(subnet.id)
             net = ipaddress.IPv4Network(subnet.cidr, strict=False)
             if ipaddress.IPv4Address(subnet.gateway_ip) not in net:
                 raise ValueError(f"gateway {subnet.gateway_ip} is outside subnet {subnet.cidr}")
@@ -266,11 +293,13 @@ def _validate_ports(ports: list[BoundPort], specs: dict[str, NetworkSpec]) -> No
         port = bp.port
         if not bp.tap.startswith(names.TAP_PREFIX) or len(bp.tap) > 15:
             raise NetworkError(
-                f"port {port.id}: tap {bp.tap!r} must start with {names.TAP_PREFIX!r}, ≤ 15 chars"
+                f"port {port.id}: tap {bp.tap!r} must start with {names.TAP_PREFIX!r} and fit 15 characters"
             )
+        if not _MAC_RE.match(port.mac):
+            raise NetworkError(f"port {port.id}: {port.mac!r} is not a MAC address")
         try:
             key = names.id11(port.id)
-            ipaddress.IPv4Address(port.ip)
+            ip = ipaddress.IPv4Address(port.ip)
         except ValueError as exc:
             raise NetworkError(f"port {port.id}: {exc}") from exc
         for claim in (key, bp.tap):
@@ -281,8 +310,11 @@ def _validate_ports(ports: list[BoundPort], specs: dict[str, NetworkSpec]) -> No
             raise NetworkError(
                 f"port {port.id}: VPC {port.vpc_id} has no network on this host (ensure it first)"
             )
-        if port.subnet_id not in {subnet.id for subnet in spec.subnets}:
+        subnet = next((s for s in spec.subnets if s.id == port.subnet_id), None)
+        if subnet is None:
             raise NetworkError(f"port {port.id}: subnet {port.subnet_id} is not in VPC {port.vpc_id}")
+        if ip not in ipaddress.IPv4Network(subnet.cidr, strict=False):
+            raise NetworkError(f"port {port.id}: {ip} is outside subnet {subnet.cidr}")
 
 
 class NullNetwork:

@@ -9,7 +9,7 @@ from agent.schemas import PortSpec
 
 @dataclass(frozen=True)
 class BoundPort:
-    """A port plugged into this host: `tap` is its host-side device (made by libvirt), `hostname` goes to DHCP."""
+    """A port on this host: `tap` is its host-side device (libvirt makes it); `hostname` is sent by DHCP."""
 
     port: PortSpec
     tap: str

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from agent.errors import NetworkError
@@ -26,20 +26,29 @@ _PROC = Path("/proc")
 
 
 def which(tool: str) -> str:
-    """Absolute path of a tool, or NetworkError naming the missing package's tool."""
+    """Absolute path of a tool (also found in sbin dirs missing from PATH), or NetworkError."""
     path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
     if path is None:
         raise NetworkError(f"{tool} is not installed (needed for host networking)")
     return path
 
 
-def run(argv: Sequence[str], *, stdin: str | None = None) -> str:
-    """Run a tool and return its stdout; NetworkError if it cannot run or exits non-zero."""
+def run(argv: Sequence[str], *, stdin: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Run a tool and return its stdout; NetworkError if it cannot run or exits non-zero.
+
+    `env` replaces the environment (default: inherit the agent's).
+    """
     argv = [which(argv[0]), *argv[1:]]
     log.debug("run %s", " ".join(argv))
     try:
         done = subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
+            argv,
+            input=stdin,
+            env=None if env is None else dict(env),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NetworkError(f"{os.path.basename(argv[0])} could not run: {exc}") from exc

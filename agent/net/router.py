@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -25,9 +24,8 @@ from agent.net import proc
 log = logging.getLogger(__name__)
 
 ENV_VPC = "LABCLOUD_ROUTER_VPC"
-ENV_OWNER = (
-    "LABCLOUD_ROUTER_OWNER"  # the agent's net state dir, so two agents on one machine never mix routers
-)
+# The agent's net state dir, so that two agents on one machine never mix up their routers.
+ENV_OWNER = "LABCLOUD_ROUTER_OWNER"
 START_TIMEOUT_S = 30.0
 
 
@@ -50,34 +48,24 @@ def is_alive(router: Router, vpc_id: str, owner: str) -> bool:
 
 
 def start(vpc_id: str, owner: str) -> Router:
-    """Start a holder in a fresh network namespace and wait until it is in there."""
-    argv = [proc.which("unshare"), "--net", "--", proc.which("sleep"), "infinity"]
-    env = {ENV_VPC: vpc_id, ENV_OWNER: owner}
-    try:
-        holder = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # survives the agent, its restarts and signals sent to its process group
-        )
-    except OSError as exc:
-        raise NetworkError(f"cannot start the router namespace of VPC {vpc_id}: {exc}") from exc
+    """Start a holder in a fresh network namespace and wait until it is in there.
+
+    `setsid --fork` detaches it at once: it is never the agent's child, so it needs no reaping by the agent
+    and outlives it. It is found again by its markers.
+    """
+    argv = ["setsid", "--fork", proc.which("unshare"), "--net", "--", proc.which("sleep"), "infinity"]
+    proc.run(argv, env={ENV_VPC: vpc_id, ENV_OWNER: owner})
     own_inode = proc.netns_inode()
     deadline = time.monotonic() + START_TIMEOUT_S
     # unshare() happens before exec, so wait for both the new namespace and the exec of sleep.
     while time.monotonic() < deadline:
-        if holder.poll() is not None:
-            raise NetworkError(f"router holder of VPC {vpc_id} exited with status {holder.returncode}")
-        inode = proc.netns_inode(holder.pid)
-        argv0 = proc.cmdline(holder.pid)[:1]
-        if inode is not None and inode != own_inode and argv0 and os.path.basename(argv0[0]) == "sleep":
-            router = Router(pid=holder.pid, netns_inode=inode)
-            log.info("vpc %s: router namespace %s held by pid %s", vpc_id, inode, holder.pid)
-            return router
+        router = find(owner).get(vpc_id)
+        if router is not None and router.netns_inode != own_inode:
+            argv0 = proc.cmdline(router.pid)[:1]
+            if argv0 and os.path.basename(argv0[0]) == "sleep":
+                log.info("vpc %s: router namespace %s held by pid %s", vpc_id, router.netns_inode, router.pid)
+                return router
         time.sleep(0.005)
-    holder.kill()
     raise NetworkError(f"router namespace of VPC {vpc_id} did not come up within {START_TIMEOUT_S:.0f} s")
 
 

@@ -41,23 +41,24 @@ _SET_TYPE = "hash:ip family inet"
 
 @dataclass(frozen=True)
 class Ruleset:
-    """What labcloud wants in the kernel: our chains (name -> rule lines) and our ipsets (name -> member IPs)."""
+    """What labcloud wants in the kernel: chains (name -> rule lines) and ipsets (name -> member IPs)."""
 
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sets: dict[str, frozenset[str]] = field(default_factory=dict)
+    chains6: dict[str, tuple[str, ...]] = field(default_factory=dict)  # ip6tables filter table
 
 
 def render_ruleset(ports: Sequence[BoundPort], groups: Sequence[SecurityGroupSpec]) -> Ruleset:
     """The whole labcloud filter state for exactly these ports."""
     by_id = {group.id: group for group in groups}
     bound = sorted(ports, key=lambda bp: bp.tap)
-    fwd = names.FORWARD_CHAIN
+    fwd, from_tap, to_tap = names.FORWARD_CHAIN, f"--physdev-in {_TAPS}", f"--physdev-out {_TAPS}"
     chains: dict[str, tuple[str, ...]] = {
         fwd: (
-            f"-A {fwd} -m physdev --physdev-in {_TAPS} --physdev-is-bridged -j {names.EGRESS_DISPATCH_CHAIN}",
-            f"-A {fwd} -m physdev --physdev-out {_TAPS} --physdev-is-bridged -j {names.INGRESS_DISPATCH_CHAIN}",
-            f"-A {fwd} -m physdev --physdev-in {_TAPS} --physdev-is-bridged -j ACCEPT",
-            f"-A {fwd} -m physdev --physdev-out {_TAPS} --physdev-is-bridged -j ACCEPT",
+            f"-A {fwd} -m physdev {from_tap} --physdev-is-bridged -j {names.EGRESS_DISPATCH_CHAIN}",
+            f"-A {fwd} -m physdev {to_tap} --physdev-is-bridged -j {names.INGRESS_DISPATCH_CHAIN}",
+            f"-A {fwd} -m physdev {from_tap} --physdev-is-bridged -j ACCEPT",
+            f"-A {fwd} -m physdev {to_tap} --physdev-is-bridged -j ACCEPT",
         ),
         names.EGRESS_DISPATCH_CHAIN: _dispatch(bound, egress=True),
         names.INGRESS_DISPATCH_CHAIN: _dispatch(bound, egress=False),
@@ -71,7 +72,21 @@ def render_ruleset(ports: Sequence[BoundPort], groups: Sequence[SecurityGroupSpe
         chains[names.egress_chain(bp.port.id)] = _egress_chain(bp, port_rules)
         chains[names.ingress_chain(bp.port.id)] = _ingress_chain(bp, port_rules)
     sets = {names.group_set(gid): _members(gid, by_id) for gid in sorted(remote_groups)}
-    return Ruleset(chains=chains, sets=sets)
+    return Ruleset(chains=chains, sets=sets, chains6=render_ipv6_chains())
+
+
+def render_ipv6_chains() -> dict[str, tuple[str, ...]]:
+    """VPCs are IPv4-only: drop all bridged IPv6 to and from guests.
+
+    Without this, guests would reach each other over IPv6 link-local addresses past every security group.
+    """
+    fwd = names.FORWARD_CHAIN
+    return {
+        fwd: (
+            f"-A {fwd} -m physdev --physdev-in {_TAPS} --physdev-is-bridged -j DROP",
+            f"-A {fwd} -m physdev --physdev-out {_TAPS} --physdev-is-bridged -j DROP",
+        )
+    }
 
 
 def _dispatch(bound: Sequence[BoundPort], *, egress: bool) -> tuple[str, ...]:
@@ -220,10 +235,27 @@ def _members(group_id: str, by_id: Mapping[str, SecurityGroupSpec]) -> frozenset
 # iptables-restore / iptables-save
 
 
-def parse_iptables_save(text: str) -> tuple[dict[str, tuple[str, ...]], int]:
-    """Our chains from `iptables-save -t filter` output, and how many times FORWARD jumps into lc-FORWARD."""
+@dataclass(frozen=True)
+class FilterState:
+    """The labcloud-relevant part of the kernel's filter table."""
+
+    chains: dict[str, tuple[str, ...]]  # our chains
+    forward: tuple[str, ...]  # every rule of the built-in FORWARD chain, in order
+
+    @property
+    def jumps(self) -> int:
+        return self.forward.count(FORWARD_JUMP)
+
+    @property
+    def jump_in_place(self) -> bool:
+        """Our jump is FORWARD's first rule, and the only one: nobody else's ACCEPT can come before it."""
+        return self.forward[:1] == (FORWARD_JUMP,) and self.jumps == 1
+
+
+def parse_iptables_save(text: str) -> FilterState:
+    """Our chains and the FORWARD chain from `iptables-save -t filter` (or ip6tables-save) output."""
     chains: dict[str, list[str]] = {}
-    jumps = 0
+    forward: list[str] = []
     table = None
     for line in text.splitlines():
         if line.startswith("*"):
@@ -238,29 +270,30 @@ def parse_iptables_save(text: str) -> tuple[dict[str, tuple[str, ...]], int]:
             chain = line.split()[1]
             if names.is_owned_chain(chain):
                 chains.setdefault(chain, []).append(line)
-            elif line == FORWARD_JUMP:
-                jumps += 1
-    return {chain: tuple(lines) for chain, lines in chains.items()}, jumps
+            elif chain == "FORWARD":
+                forward.append(line)
+    return FilterState(
+        chains={chain: tuple(lines) for chain, lines in chains.items()}, forward=tuple(forward)
+    )
 
 
-def render_restore(
-    desired: Mapping[str, Sequence[str]], current: Mapping[str, Sequence[str]], jumps: int
-) -> str:
+def render_restore(desired: Mapping[str, Sequence[str]], current: FilterState) -> str:
     """`iptables-restore --noflush` input that turns `current` into `desired` in one transaction.
 
-    Declaring a chain flushes (or creates) it, so every chain we own is declared and refilled; chains no longer
-    wanted are emptied the same way and then deleted. Nothing outside our chains is touched except the jump.
+    Declaring a chain flushes (or creates) it, so every chain we own is declared and refilled; chains no
+    longer wanted are emptied the same way, then deleted. Outside our chains only the FORWARD jump is touched:
+    it is moved back to the top if something was inserted before it. An empty `desired` removes everything.
     """
     lines = ["*filter"]
-    lines += [f":{chain} - [0:0]" for chain in sorted(set(desired) | set(current))]
+    lines += [f":{chain} - [0:0]" for chain in sorted(set(desired) | set(current.chains))]
     jump_rule = FORWARD_JUMP.removeprefix("-A FORWARD ")
-    if jumps == 0 and desired:
-        lines.append(f"-I FORWARD 1 {jump_rule}")
-    surplus = jumps - 1 if desired else jumps
-    lines += [f"-D FORWARD {jump_rule}"] * max(surplus, 0)
+    if not desired or not current.jump_in_place:
+        lines += [f"-D FORWARD {jump_rule}"] * current.jumps
+        if desired:
+            lines.append(f"-I FORWARD 1 {jump_rule}")
     for chain in desired:
         lines += desired[chain]
-    lines += [f"-X {chain}" for chain in sorted(set(current) - set(desired))]
+    lines += [f"-X {chain}" for chain in sorted(set(current.chains) - set(desired))]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -281,7 +314,7 @@ def parse_ipset_save(text: str) -> dict[str, frozenset[str]]:
 
 
 def render_ipset_update(desired: Mapping[str, frozenset[str]], current: Mapping[str, frozenset[str]]) -> str:
-    """`ipset restore` input creating missing sets and swapping in new members of changed ones ('' if none)."""
+    """`ipset restore` input creating missing sets and swapping new members into changed ones."""
     lines: list[str] = []
     for name in sorted(desired):
         members = sorted(desired[name], key=ipaddress.IPv4Address)

@@ -238,7 +238,11 @@ class LibvirtHost:
     def domain_xml(self, server_id: str, *, inactive: bool = False) -> str:
         """The live XML (or with `inactive`, the persistent config) of a domain. NotFound if not defined."""
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
-        return self._run("domain_xml", server_id, lambda conn: self._lookup(conn, server_id).XMLDesc(flags))
+
+        def op(conn: libvirt.virConnect) -> str:
+            return str(self._lookup(conn, server_id).XMLDesc(flags))
+
+        return self._run("domain_xml", server_id, op)
 
     def capacity(self) -> tuple[int, int]:
         """(vCPUs, memory in MiB) of the host, as libvirt sees it."""

@@ -1,5 +1,113 @@
-"""Placeholder: being written."""
+"""ECS servers: create, list, show, NICs and console output (`/v1/{project_id}/cloudservers…`).
 
-from fastapi import APIRouter
+Literal paths (`/cloudservers/detail`) are declared before `/cloudservers/{server_id}`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from sqlmodel import Session
+
+from controller.auth.deps import ProjectCaller
+from controller.context import ControllerContext
+from controller.logs import request_id_var
+from controller.models.server import CreateServersIn
+from controller.services import servers
+from controller.services.server_create import create_servers
+from controller.services.server_views import (
+    ServerFilters,
+    interfaces_view,
+    list_servers,
+    load_related,
+    server_detail,
+)
 
 router = APIRouter()
+
+
+def _ctx(request: Request) -> ControllerContext:
+    ctx: ControllerContext = request.app.state.ctx
+    return ctx
+
+
+@router.post("/v1/{project_id}/cloudservers")
+@router.post("/v1.1/{project_id}/cloudservers")
+def create(project_id: str, body: CreateServersIn, caller: ProjectCaller, request: Request) -> JSONResponse:
+    """Pay-per-use create (`CreatePostPaidServers`) and v1.1 create (`CreateServers`, adds order_id)."""
+    result = create_servers(_ctx(request), caller, body, request_id_var.get())
+    if result.job_id is None:
+        return JSONResponse(
+            {"message": "dry run: the request is valid; nothing was created"}, status_code=202
+        )
+    answer: dict[str, Any] = {"job_id": result.job_id, "serverIds": result.server_ids}
+    if request.url.path.startswith("/v1.1/"):
+        answer["order_id"] = ""  # no billing orders in labcloud: every server is pay-per-use
+    return JSONResponse(answer)
+
+
+@router.get("/v1/{project_id}/cloudservers/detail")
+def list_details(
+    project_id: str,
+    caller: ProjectCaller,
+    request: Request,
+    offset: int | None = None,
+    limit: int | None = None,
+    name: str | None = None,
+    status: str | None = None,
+    flavor: str | None = None,
+    ip: str | None = None,
+    ip_eq: str | None = None,
+    server_id: str | None = None,
+    tags: str | None = None,
+    not_tags: Annotated[str | None, Query(alias="not-tags")] = None,
+) -> dict[str, Any]:
+    filters = ServerFilters(
+        name=name,
+        status=status,
+        flavor=flavor,
+        ip=ip,
+        ip_eq=ip_eq,
+        server_id=server_id,
+        tags=tags,
+        not_tags=not_tags,
+        offset=offset,
+        limit=limit,
+    )
+    ctx = _ctx(request)
+    with Session(ctx.engine) as session:
+        total, rows = list_servers(session, caller.project_id, filters)
+        related = load_related(session, rows, ctx.settings.host_dead_seconds)
+    return {"count": total, "servers": [server_detail(s, related) for s in rows]}
+
+
+@router.get("/v1/{project_id}/cloudservers/{server_id}")
+def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
+    ctx = _ctx(request)
+    with Session(ctx.engine) as session:
+        server = servers.get_server(session, caller.project_id, server_id)
+        related = load_related(session, [server], ctx.settings.host_dead_seconds)
+    return {"server": server_detail(server, related)}
+
+
+@router.get("/v1/{project_id}/cloudservers/{server_id}/os-interface")
+def list_interfaces(
+    project_id: str, server_id: str, caller: ProjectCaller, request: Request
+) -> dict[str, Any]:
+    with Session(_ctx(request).engine) as session:
+        server = servers.get_server(session, caller.project_id, server_id)
+        return interfaces_view(servers.server_ports(session, server.id))
+
+
+@router.get("/v1/{project_id}/cloudservers/{server_id}/console-output")
+def console_output(
+    project_id: str,
+    server_id: str,
+    caller: ProjectCaller,
+    request: Request,
+    length: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+) -> dict[str, str]:
+    """`ShowServerConsoleOutput`: the serial console log, or its last `length` lines."""
+    return {"output": servers.console_output(_ctx(request), caller.project_id, server_id, length)}

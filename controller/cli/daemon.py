@@ -47,7 +47,14 @@ def environ_of(pid: int) -> dict[str, str]:
 
 
 def belongs_to(pid: int, home: Path) -> bool:
-    return is_alive(pid) and environ_of(pid).get("LABCLOUD_HOME") == str(home)
+    environ = environ_of(pid)
+    deadline = time.monotonic() + 2.0
+    # A process in the middle of execve shows an empty environment for a moment (the kernel fills it in after
+    # closing the CLOEXEC pipe that tells Popen the exec succeeded); ours always have one.
+    while not environ and is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        environ = environ_of(pid)
+    return is_alive(pid) and environ.get("LABCLOUD_HOME") == str(home)
 
 
 def running_pid(pid_file: Path, home: Path) -> int | None:
@@ -56,14 +63,22 @@ def running_pid(pid_file: Path, home: Path) -> int | None:
     return pid if pid is not None and belongs_to(pid, home) else None
 
 
-def spawn(argv: Sequence[str], *, env: Mapping[str, str], log_file: Path, pid_file: Path) -> int:
+def spawn(
+    argv: Sequence[str], *, env: Mapping[str, str], log_file: Path, pid_file: Path, cwd: Path | None = None
+) -> int:
     """Start `argv` detached in a new session, output appended to `log_file`, and record its pid."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
-            list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd=cwd,
         )
     write_pid(pid_file, proc.pid)
     log.info("started %s as pid %s (log %s)", argv[0], proc.pid, log_file)

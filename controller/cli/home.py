@@ -1,7 +1,7 @@
 """Where one labcloud installation keeps its state: `LABCLOUD_HOME` (default /var/lib/labcloud).
 
-Everything `labcloud up` starts lives under this one directory (logs, pid files, keys, the private libvirtd), so
-two installations with different homes never share anything but the read-only image cache.
+Everything `labcloud up` starts lives under this one directory (logs, pid files, keys, the private
+libvirtd), so two installations with different homes never share anything but the read-only image cache.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A private libvirtd per labcloud home (../shared/GUEST.md §3).
 
-It runs in its own mount namespace where five directories of the home are bind-mounted over libvirt's system
-paths, so it never touches the system daemon's sockets, configuration or domains, and it lives in whatever network
-namespace `labcloud up` runs in (its qemu processes and taps too). No virtlogd: qemu writes its stdio to files.
+It runs in its own mount namespace where five directories of the home are bind-mounted over libvirt's
+system paths, so it never touches the system daemon's sockets, configuration or domains, and it lives in
+whatever network namespace `labcloud up` runs in (its qemu processes and taps too). No virtlogd: qemu writes
+its stdio to files.
 """
 
 from __future__ import annotations
@@ -95,19 +96,32 @@ class PrivateLibvirtd:
     def start(self, env: dict[str, str], timeout: float = 60.0) -> int:
         """Start the daemon and wait until it answers on its socket; returns its pid."""
         if len(str(self.socket)) > UNIX_PATH_MAX:
-            raise CliError("libvirtd", f"socket path {self.socket} is too long for a unix socket; use a shorter "
-                                       "LABCLOUD_HOME")
+            raise CliError(
+                "libvirtd",
+                f"socket path {self.socket} is too long for a unix socket; use a shorter LABCLOUD_HOME",
+            )
         self.write_config()
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             # --daemon: the launcher returns once libvirtd has forked and initialised; the daemon is in a new
             # session of its own and writes its pid file.
-            done = subprocess.run(self.launch_argv(), env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True, timeout=timeout, check=False)
+            done = subprocess.run(
+                self.launch_argv(),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                timeout=timeout,
+                check=False,
+            )
         if done.returncode != 0:
-            raise CliError("libvirtd", f"libvirtd failed to start (exit {done.returncode})",
-                           detail=daemon.tail(self.log_file))
+            raise CliError(
+                "libvirtd",
+                f"libvirtd failed to start (exit {done.returncode})",
+                detail=daemon.tail(self.log_file),
+            )
         deadline = time.monotonic() + timeout
         while True:
             pid = self.pid()
@@ -115,15 +129,23 @@ class PrivateLibvirtd:
                 log.info("private libvirtd pid %s at %s", pid, self.uri)
                 return pid
             if time.monotonic() >= deadline:
-                raise CliError("libvirtd", f"libvirtd did not answer on {self.socket} within {timeout:.0f} s",
-                               detail=daemon.tail(self.log_file))
+                raise CliError(
+                    "libvirtd",
+                    f"libvirtd did not answer on {self.socket} within {timeout:.0f} s",
+                    detail=daemon.tail(self.log_file),
+                )
             time.sleep(0.2)
 
     def answers(self) -> bool:
         if not self.socket.exists():
             return False
-        done = subprocess.run([_tool("virsh"), "-c", self.uri, "version"], stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=30, check=False)
+        done = subprocess.run(
+            [_tool("virsh"), "-c", self.uri, "version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         return done.returncode == 0
 
     def stop(self, timeout: float = daemon.STOP_TIMEOUT_S) -> int | None:
@@ -154,8 +176,14 @@ def destroy_domains(uri: str, names: list[str], *, undefine: bool = False) -> No
 
 
 def _virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([_tool("virsh"), "-q", "-c", uri, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [_tool("virsh"), "-q", "-c", uri, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if check and done.returncode != 0:
         raise CliError("libvirt", f"virsh {' '.join(args)} on {uri} failed: {done.stderr.strip()}")
     return done

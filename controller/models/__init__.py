@@ -1,8 +1,27 @@
 """Every table, imported here so `SQLModel.metadata` knows them all before `create_all`."""
 
+from controller.models.flavor import Flavor
 from controller.models.host import Host
+from controller.models.image import Image
 from controller.models.job import Job
+from controller.models.keypair import Keypair
+from controller.models.network import IdCounter, Port, SecurityGroup, SecurityGroupRule, Subnet, Vpc
 from controller.models.project import Credential, Project
 from controller.models.server import Server
 
-__all__ = ["Credential", "Host", "Job", "Project", "Server"]
+__all__ = [
+    "Credential",
+    "Flavor",
+    "Host",
+    "IdCounter",
+    "Image",
+    "Job",
+    "Keypair",
+    "Port",
+    "Project",
+    "SecurityGroup",
+    "SecurityGroupRule",
+    "Server",
+    "Subnet",
+    "Vpc",
+]

@@ -1,7 +1,7 @@
 """VPC v1 networking: VPCs, subnets, security groups and their rules, and the ports (NICs) IPAM hands out.
 
 Uniqueness that matters for correctness lives in the database: one VNI per VPC, one MAC per port, one port per
-(subnet, IP). IPAM relies on these constraints instead of a Python lock, so several controllers can share a database.
+(subnet, IP). IPAM relies on these constraints, not on a Python lock, so controllers can share a database.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class SecurityGroup(SQLModel, table=True):
     name: str
     description: str = ""
     vpc_id: str | None = None
+    # The project id on its "default" group, None elsewhere: a unique column, so one default per project even
+    # when two first requests race (NULLs never collide).
+    default_of: str | None = Field(default=None, unique=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 

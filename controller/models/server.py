@@ -8,8 +8,10 @@ capacity of a host is its own minus the flavors of the servers that claim it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
@@ -50,3 +52,81 @@ class Server(SQLModel, table=True):
     @property
     def instance_name(self) -> str:
         return f"lc-{self.id}"
+
+
+# --- request bodies (the API's write schemas) ---
+# Strict types: the SDK sends JSON types as its models declare them, so "2" for a count is a client bug to
+# report, not to guess at. Unknown keys (extendparam details, scheduler hints …) are ignored, as Huawei does.
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+
+class NicIn(_Body):
+    subnet_id: str
+    ip_address: str | None = None
+
+
+class RootVolumeIn(_Body):
+    volumetype: str
+    size: int | None = None
+
+
+class GroupRefIn(_Body):
+    id: str
+
+
+class TagIn(_Body):
+    key: str
+    value: str = ""
+
+
+class ServerIn(_Body):
+    image_ref: str = PydanticField(alias="imageRef")
+    flavor_ref: str = PydanticField(alias="flavorRef")
+    name: str
+    vpcid: str
+    nics: list[NicIn] = PydanticField(min_length=1)
+    root_volume: RootVolumeIn
+    data_volumes: list[dict[str, Any]] = PydanticField(default_factory=list)
+    security_groups: list[GroupRefIn] = PydanticField(default_factory=list)
+    key_name: str | None = None
+    admin_pass: str | None = PydanticField(default=None, alias="adminPass")
+    user_data: str | None = None
+    availability_zone: str | None = None
+    count: int = 1
+    is_auto_rename: bool = PydanticField(default=False, alias="isAutoRename")
+    publicip: dict[str, Any] | None = None
+    metadata: dict[str, str] = PydanticField(default_factory=dict)
+    server_tags: list[TagIn] = PydanticField(default_factory=list)
+    description: str | None = None
+    extendparam: dict[str, Any] | None = None
+
+
+class CreateServersIn(_Body):
+    server: ServerIn
+    dry_run: bool = False
+
+
+class ServerRefIn(_Body):
+    id: str
+
+
+class DeleteServersIn(_Body):
+    servers: list[ServerRefIn] = PydanticField(min_length=1)
+    delete_publicip: bool = False
+    delete_volume: bool = False
+
+
+class BatchIn(_Body):
+    servers: list[ServerRefIn] = PydanticField(min_length=1)
+    type: Literal["SOFT", "HARD"] | None = None
+
+
+class ServerActionIn(_Body):
+    """Exactly one of `os-start`, `os-stop`, `reboot` (the route checks that)."""
+
+    os_start: BatchIn | None = PydanticField(default=None, alias="os-start")
+    os_stop: BatchIn | None = PydanticField(default=None, alias="os-stop")
+    reboot: BatchIn | None = None

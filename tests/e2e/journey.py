@@ -49,22 +49,55 @@ from huaweicloudsdkvpc.v2 import (
 
 
 def import_keypair(ecs: Any, name: str, public_key: str) -> None:
-    ecs.nova_create_keypair(NovaCreateKeypairRequest(body=NovaCreateKeypairRequestBody(
-        keypair=NovaCreateKeypairOption(name=name, public_key=public_key))))
+    ecs.nova_create_keypair(
+        NovaCreateKeypairRequest(
+            body=NovaCreateKeypairRequestBody(
+                keypair=NovaCreateKeypairOption(name=name, public_key=public_key)
+            )
+        )
+    )
 
 
 def create_network(vpc: Any, *, name: str, cidr: str, subnet_cidr: str, gateway: str) -> tuple[str, str, str]:
     """A VPC, a subnet and a security group that allows SSH in: (vpc_id, subnet_id, security_group_id)."""
-    vpc_id = vpc.create_vpc(CreateVpcRequest(body=CreateVpcRequestBody(
-        vpc=CreateVpcOption(name=name, cidr=cidr)))).vpc.id
-    subnet_id = vpc.create_subnet(CreateSubnetRequest(body=CreateSubnetRequestBody(subnet=CreateSubnetOption(
-        name=f"{name}-subnet", cidr=subnet_cidr, gateway_ip=gateway, vpc_id=vpc_id, dhcp_enable=True)))).subnet.id
-    sg_id = vpc.create_security_group(CreateSecurityGroupRequest(body=CreateSecurityGroupRequestBody(
-        security_group=CreateSecurityGroupOption(name=f"{name}-ssh", vpc_id=vpc_id)))).security_group.id
-    vpc.create_security_group_rule(CreateSecurityGroupRuleRequest(body=CreateSecurityGroupRuleRequestBody(
-        security_group_rule=CreateSecurityGroupRuleOption(security_group_id=sg_id, direction="ingress",
-                                                          ethertype="IPv4", protocol="tcp", port_range_min=22,
-                                                          port_range_max=22, remote_ip_prefix="0.0.0.0/0"))))
+    vpc_id = vpc.create_vpc(
+        CreateVpcRequest(body=CreateVpcRequestBody(vpc=CreateVpcOption(name=name, cidr=cidr)))
+    ).vpc.id
+    subnet_id = vpc.create_subnet(
+        CreateSubnetRequest(
+            body=CreateSubnetRequestBody(
+                subnet=CreateSubnetOption(
+                    name=f"{name}-subnet",
+                    cidr=subnet_cidr,
+                    gateway_ip=gateway,
+                    vpc_id=vpc_id,
+                    dhcp_enable=True,
+                )
+            )
+        )
+    ).subnet.id
+    sg_id = vpc.create_security_group(
+        CreateSecurityGroupRequest(
+            body=CreateSecurityGroupRequestBody(
+                security_group=CreateSecurityGroupOption(name=f"{name}-ssh", vpc_id=vpc_id)
+            )
+        )
+    ).security_group.id
+    vpc.create_security_group_rule(
+        CreateSecurityGroupRuleRequest(
+            body=CreateSecurityGroupRuleRequestBody(
+                security_group_rule=CreateSecurityGroupRuleOption(
+                    security_group_id=sg_id,
+                    direction="ingress",
+                    ethertype="IPv4",
+                    protocol="tcp",
+                    port_range_min=22,
+                    port_range_max=22,
+                    remote_ip_prefix="0.0.0.0/0",
+                )
+            )
+        )
+    )
     return vpc_id, subnet_id, sg_id
 
 
@@ -80,12 +113,28 @@ def smallest_flavor_id(ecs: Any) -> str:
     return min(flavors, key=lambda f: (f.ram, int(f.vcpus))).id
 
 
-def create_servers(ecs: Any, *, name: str, image_id: str, flavor_id: str, vpc_id: str, subnet_id: str,
-                   sg_id: str, key_name: str, count: int = 1) -> tuple[str, list[str]]:
+def create_servers(
+    ecs: Any,
+    *,
+    name: str,
+    image_id: str,
+    flavor_id: str,
+    vpc_id: str,
+    subnet_id: str,
+    sg_id: str,
+    key_name: str,
+    count: int = 1,
+) -> tuple[str, list[str]]:
     server = PrePaidServer(
-        image_ref=image_id, flavor_ref=flavor_id, name=name, vpcid=vpc_id,
-        nics=[PrePaidServerNic(subnet_id=subnet_id)], root_volume=PrePaidServerRootVolume(volumetype="SATA"),
-        security_groups=[PrePaidServerSecurityGroup(id=sg_id)], key_name=key_name, count=count,
+        image_ref=image_id,
+        flavor_ref=flavor_id,
+        name=name,
+        vpcid=vpc_id,
+        nics=[PrePaidServerNic(subnet_id=subnet_id)],
+        root_volume=PrePaidServerRootVolume(volumetype="SATA"),
+        security_groups=[PrePaidServerSecurityGroup(id=sg_id)],
+        key_name=key_name,
+        count=count,
         is_auto_rename=count > 1,
     )
     resp = ecs.create_servers(CreateServersRequest(body=CreateServersRequestBody(server=server)))
@@ -120,20 +169,38 @@ def _ids(server_ids: list[str]) -> list[ServerId]:
 
 
 def stop(ecs: Any, server_ids: list[str], kind: str = "SOFT") -> str:
-    return ecs.batch_stop_servers(BatchStopServersRequest(body=BatchStopServersRequestBody(
-        os_stop=BatchStopServersOption(servers=_ids(server_ids), type=kind)))).job_id
+    return ecs.batch_stop_servers(
+        BatchStopServersRequest(
+            body=BatchStopServersRequestBody(
+                os_stop=BatchStopServersOption(servers=_ids(server_ids), type=kind)
+            )
+        )
+    ).job_id
 
 
 def start(ecs: Any, server_ids: list[str]) -> str:
-    return ecs.batch_start_servers(BatchStartServersRequest(body=BatchStartServersRequestBody(
-        os_start=BatchStartServersOption(servers=_ids(server_ids))))).job_id
+    return ecs.batch_start_servers(
+        BatchStartServersRequest(
+            body=BatchStartServersRequestBody(os_start=BatchStartServersOption(servers=_ids(server_ids)))
+        )
+    ).job_id
 
 
 def reboot(ecs: Any, server_ids: list[str], kind: str) -> str:
-    return ecs.batch_reboot_servers(BatchRebootServersRequest(body=BatchRebootServersRequestBody(
-        reboot=BatchRebootSeversOption(servers=_ids(server_ids), type=kind)))).job_id
+    return ecs.batch_reboot_servers(
+        BatchRebootServersRequest(
+            body=BatchRebootServersRequestBody(
+                reboot=BatchRebootSeversOption(servers=_ids(server_ids), type=kind)
+            )
+        )
+    ).job_id
 
 
 def delete(ecs: Any, server_ids: list[str]) -> str:
-    return ecs.delete_servers(DeleteServersRequest(body=DeleteServersRequestBody(
-        servers=[ServerId(id=s) for s in server_ids], delete_publicip=True, delete_volume=True))).job_id
+    return ecs.delete_servers(
+        DeleteServersRequest(
+            body=DeleteServersRequestBody(
+                servers=[ServerId(id=s) for s in server_ids], delete_publicip=True, delete_volume=True
+            )
+        )
+    ).job_id

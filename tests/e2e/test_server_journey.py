@@ -23,8 +23,11 @@ pytestmark = pytest.mark.e2e
 def keypair(tmp_path: Path) -> tuple[str, Path]:
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "id_ed25519"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
     path.chmod(0o600)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return public.decode(), path
@@ -32,14 +35,16 @@ def keypair(tmp_path: Path) -> tuple[str, Path]:
 
 def _virsh_domains(cloud: Any) -> list[str]:
     uri = f"qemu:///system?socket={cloud.home}/libvirt/run/libvirt-sock"
-    out = subprocess.run(["virsh", "-c", uri, "list", "--all", "--name"], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["virsh", "-c", uri, "list", "--all", "--name"], check=True, capture_output=True, text=True
+    ).stdout
     return [line for line in out.splitlines() if line.strip()]
 
 
 def _in_ns(cloud: Any, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", cloud.ns, *argv], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", cloud.ns, *argv], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def _ssh_ok(cloud: Any, ip: str, key: Path) -> str:
@@ -51,11 +56,19 @@ def test_create_ssh_power_cycle_and_delete_with_the_sdk(cloud: Any, keypair: tup
     ecs, vpc, ims = cloud.ecs(), cloud.vpc(), cloud.ims()
     with cloud.entered():
         journey.import_keypair(ecs, "e2e-key", public_key)
-        vpc_id, subnet_id, sg_id = journey.create_network(vpc, name="e2e", cidr="10.31.0.0/16",
-                                                          subnet_cidr="10.31.1.0/24", gateway="10.31.1.1")
+        vpc_id, subnet_id, sg_id = journey.create_network(
+            vpc, name="e2e", cidr="10.31.0.0/16", subnet_cidr="10.31.1.0/24", gateway="10.31.1.1"
+        )
         job_id, (server_id,) = journey.create_servers(
-            ecs, name="web-1", image_id=journey.small_image_id(ims), flavor_id=journey.smallest_flavor_id(ecs),
-            vpc_id=vpc_id, subnet_id=subnet_id, sg_id=sg_id, key_name="e2e-key")
+            ecs,
+            name="web-1",
+            image_id=journey.small_image_id(ims),
+            flavor_id=journey.smallest_flavor_id(ecs),
+            vpc_id=vpc_id,
+            subnet_id=subnet_id,
+            sg_id=sg_id,
+            key_name="e2e-key",
+        )
         job = journey.wait_job(ecs, job_id)
         assert job.status == "SUCCESS", job
         assert job.entities.sub_jobs[0].entities.server_id == server_id
@@ -99,6 +112,7 @@ def test_create_ssh_power_cycle_and_delete_with_the_sdk(cloud: Any, keypair: tup
     rules = _in_ns(cloud, "iptables-save")
     assert port_id.replace("-", "")[:11] not in rules
     assert not (Path(cloud.home) / "agent" / "instances" / server_id).exists()
-    leftovers = subprocess.run(["grep", "-rli", mac, str(Path(cloud.home) / "agent")], capture_output=True,
-                               text=True).stdout
+    leftovers = subprocess.run(
+        ["grep", "-rli", mac, str(Path(cloud.home) / "agent")], capture_output=True, text=True
+    ).stdout
     assert leftovers == "", f"the deleted port's MAC is still in {leftovers}"

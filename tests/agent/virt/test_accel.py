@@ -114,14 +114,23 @@ def test_boot_probe_recognises_a_kernel_reaching_its_panic() -> None:
     assert "expected panic" in verdict.reason, verdict.reason
 
 
-def test_boot_probe_rejects_something_that_is_not_a_kernel(tmp_path: Path) -> None:
+def test_boot_probe_fails_when_qemu_refuses_the_kernel(tmp_path: Path) -> None:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    verdict = boot_probe(tmp_path / "no-such-vmlinuz", accel="tcg", timeout=300)
+    assert verdict.accelerator == "tcg"
+    assert "failed" in verdict.reason and "no-such-vmlinuz" in verdict.reason
+
+
+def test_boot_probe_gives_up_on_a_kernel_that_never_panics(tmp_path: Path) -> None:
+    """Zeros load as a flat binary that spins forever: only the probe's own timeout ends it."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     junk = tmp_path / "vmlinuz"
     junk.write_bytes(b"\0" * 4096)
-    verdict = boot_probe(junk, accel="tcg", timeout=300)
+    verdict = boot_probe(junk, accel="tcg", timeout=2)
     assert verdict.accelerator == "tcg"
-    assert "failed" in verdict.reason
+    assert "did not reach a kernel panic" in verdict.reason
 
 
 def test_boot_probe_without_qemu(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The API commands of the `labcloud` CLI, one module per resource; each has `register(subparsers)`."""

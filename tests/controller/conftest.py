@@ -1,0 +1,272 @@
+"""A real controller for API tests: `create_app(Settings(home=tmp_path, …))` served by uvicorn on 127.0.0.1 in
+a background thread, and official Huawei SDK clients pointed at it (ECS-API.md §1).
+
+Tests that need other settings override the `api_settings` fixture (a dict of Settings fields).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.http.http_config import HttpConfig
+from huaweicloudsdkecs.v2 import EcsClient
+from huaweicloudsdkims.v2 import ImsClient
+from huaweicloudsdkvpc.v2 import VpcClient
+
+from agent.config import AgentSettings
+from agent.main import create_app as create_agent_app
+from agent.net.network import NullNetwork
+from agent.service import AgentService
+from agent.storage.images import ImageCache
+from agent.storage.layout import image_cache_dir
+from agent.virt.host import LibvirtHost
+from controller.bootstrap import new_access_key, new_secret_key
+from controller.config import Settings
+from controller.context import ControllerContext
+from controller.db import session_scope
+from controller.main import create_app
+from controller.models.host import Host
+from controller.models.project import Credential, Project
+
+STARTUP_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ApiClients:
+    """SDK clients for one project's AK/SK."""
+
+    endpoint: str
+    ak: str
+    sk: str
+    project_id: str
+
+    def _build(self, client_class: Any) -> Any:
+        config = HttpConfig.get_default_config()
+        return (
+            client_class.new_builder()
+            .with_http_config(config)
+            .with_credentials(BasicCredentials(self.ak, self.sk, self.project_id))
+            .with_endpoints([self.endpoint])
+            .build()
+        )
+
+    def ecs(self) -> EcsClient:
+        return self._build(EcsClient)
+
+    def vpc(self) -> VpcClient:
+        return self._build(VpcClient)
+
+    def ims(self) -> ImsClient:
+        return self._build(ImsClient)
+
+
+@dataclass
+class Api(ApiClients):
+    """The running controller, its context and the admin project's clients."""
+
+    ctx: ControllerContext
+
+    def new_project(self, name: str) -> ApiClients:
+        """Another tenant with its own AK/SK (to check that foreign resources answer 404)."""
+        with session_scope(self.ctx.engine) as session:
+            project = Project(name=name)
+            session.add(project)
+            session.flush()
+            cred = Credential(access_key=new_access_key(), secret_key=new_secret_key(), project_id=project.id)
+            session.add(cred)
+        return ApiClients(self.endpoint, cred.access_key, cred.secret_key, project.id)
+
+
+@pytest.fixture
+def api_settings() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_settings: dict[str, Any]) -> Iterator[Api]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    fields: dict[str, Any] = {
+        "home": tmp_path / "home",
+        "listen_host": "127.0.0.1",
+        "listen_port": port,
+        "seed_image": None,
+        "database_url": None,
+        "public_url": None,
+        **api_settings,
+    }
+    settings = Settings(**fields)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="test-controller", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test controller did not start; see the log above")
+            time.sleep(0.02)
+        creds = json.loads(settings.credentials_file.read_text())
+        yield Api(
+            endpoint=settings.endpoint,
+            ak=creds["ak"],
+            sk=creds["sk"],
+            project_id=creds["project_id"],
+            ctx=app.state.ctx,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT_S)
+        sock.close()
+
+
+# --- a real agent on libvirt's test driver, registered with the `api` controller ---
+
+AGENT_NODE_XML = (
+    "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>{cores}</cores><threads>1</threads>"
+    "<mhz>2000</mhz><model>x86_64</model></cpu><memory>{memory_kib}</memory></node>"
+)
+
+
+@dataclass
+class AgentHost:
+    """One simulated hypervisor host: the agent app served on 127.0.0.1, its service and host id."""
+
+    url: str
+    host_id: str
+    settings: AgentSettings
+    service: AgentService
+
+
+@pytest.fixture(scope="session")
+def seed_image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real qcow2 with the manifest the controller's seed-image registration reads (no guest inside:
+    libvirt's test driver never boots it). Use it with `api_settings = {"seed_image": seed_image_file}`."""
+    path = tmp_path_factory.mktemp("seed") / "testimg.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1G"], check=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest = {
+        "name": "testimg",
+        "os_version": "testimg 1",
+        "sha256": digest,
+        "size": path.stat().st_size,
+        "min_ram_mib": 128,
+        "min_disk_gib": 1,
+    }
+    path.with_suffix(".json").write_text(json.dumps(manifest))
+    return path
+
+
+class AgentFactory:
+    """Starts real agent apps (libvirt test driver, null network) that register and heartbeat with `api`."""
+
+    def __init__(self, api: Api, root: Path) -> None:
+        self.api = api
+        self.root = root
+        self._stops: list[Any] = []
+
+    def start(
+        self,
+        name: str = "agent",
+        *,
+        availability_zone: str = "lab-1a",
+        cores: int = 4,
+        memory_mib: int = 8192,
+    ) -> AgentHost:
+        home = self.root / name
+        home.mkdir()
+        node = home / "node.xml"
+        node.write_text(AGENT_NODE_XML.format(cores=cores, memory_kib=memory_mib * 1024))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        settings = AgentSettings(
+            state_dir=home / "state",
+            listen_host="127.0.0.1",
+            listen_port=sock.getsockname()[1],
+            controller_url=self.api.endpoint,
+            join_token=self.api.ctx.join_token,
+            libvirt_uri=f"test://{node}",
+            accelerator="tcg",
+            network_driver="null",
+            heartbeat_seconds=1.0,
+            acpi_timeout_seconds=1.0,
+            availability_zone=availability_zone,
+        )
+        settings.state_dir.mkdir(parents=True)
+        # The controller serves image files only to holders of the join token.
+        downloads = httpx.Client(headers={"Authorization": f"Bearer {self.api.ctx.join_token}"}, timeout=60.0)
+        service = AgentService(
+            settings,
+            host=LibvirtHost(settings.libvirt_uri),
+            network=NullNetwork(),
+            images=ImageCache(image_cache_dir(settings.state_dir), client=downloads),
+            accelerator="tcg",
+        )
+        app = create_agent_app(settings, service=service)
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"test-{name}", daemon=True
+        )
+        thread.start()
+
+        def stop() -> None:
+            server.should_exit = True
+            thread.join(timeout=STARTUP_TIMEOUT_S)
+            sock.close()
+            service.close()
+            downloads.close()
+
+        self._stops.append(stop)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _registered(self.api, settings.resolved_host_id):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"test agent {name} did not register with the controller; see the log above"
+                )
+            time.sleep(0.05)
+        return AgentHost(settings.url, settings.resolved_host_id, settings, service)
+
+    def stop_all(self) -> None:
+        while self._stops:
+            self._stops.pop()()
+
+
+@pytest.fixture
+def agents(api: Api, tmp_path: Path) -> Iterator[AgentFactory]:
+    factory = AgentFactory(api, tmp_path / "agents")
+    factory.root.mkdir()
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def agent_host(agents: AgentFactory) -> AgentHost:
+    """One real agent registered with `api`."""
+    return agents.start()
+
+
+def _registered(api: Api, host_id: str) -> bool:
+    with session_scope(api.ctx.engine) as session:
+        return session.get(Host, host_id) is not None

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: network namespaces, SSH into guests, the guest image."""

@@ -1,0 +1,241 @@
+"""A whole labcloud (`labcloud up`) inside a fresh test namespace, and a finalizer that proves nothing leaked.
+
+Each cloud gets its own namespace (`lct-…`) and its own `LABCLOUD_HOME` under /tmp, so several run side by
+side. `close()` runs `labcloud down --purge`, then looks for anything left: processes in the namespace (qemu
+means a leaked domain), processes that carry the home in their environment or command line (router holders
+and dnsmasq live in namespaces of their own), and every process in those namespaces. It kills them all,
+deletes the namespace and the home, and returns what it had to clean up, so the fixture can fail loudly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.http.http_config import HttpConfig
+from huaweicloudsdkecs.v2 import EcsClient
+from huaweicloudsdkims.v2 import ImsClient
+from huaweicloudsdkvpc.v2 import VpcClient
+
+from tests.support import netns
+
+REPO = Path(__file__).resolve().parents[2]
+LABCLOUD = REPO / ".venv" / "bin" / "labcloud"
+UP_TIMEOUT_S = 900.0  # the first `up` may build the guest image
+CLI_TIMEOUT_S = 1800.0
+# Variables a developer may have set for their own cloud; a test cloud must not inherit them.
+_KEPT_LABCLOUD_VARS = ("LABCLOUD_IMAGE_CACHE",)
+
+
+class CliFailed(AssertionError):
+    def __init__(self, argv: tuple[str, ...], done: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(
+            f"labcloud {' '.join(argv)} exited {done.returncode}\n"
+            f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        )
+        self.result = done
+
+
+class InNamespace:
+    """Wraps an SDK client so every method call runs with the calling thread inside `ns`."""
+
+    def __init__(self, target: Any, ns: str) -> None:
+        self._target = target
+        self._ns = ns
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with netns.entered(self._ns):
+                return attr(*args, **kwargs)
+
+        return call
+
+
+@dataclass
+class Cloud:
+    ns: str
+    home: Path
+    tmp: Path
+    endpoint: str = ""
+    ak: str = ""
+    sk: str = ""
+    project_id: str = ""
+    up_result: subprocess.CompletedProcess[str] | None = field(default=None, repr=False)
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("LABCLOUD_") or k in _KEPT_LABCLOUD_VARS
+        }
+        env["LABCLOUD_HOME"] = str(self.home)
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        return env
+
+    def cli(self, *argv: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        """Run the `labcloud` CLI inside this cloud's namespace; the caller checks the exit status."""
+        return netns.run_in(self.ns, [str(LABCLOUD), *argv], env=self.env(), check=False, timeout=timeout)
+
+    def run(self, *argv: str, timeout: float = CLI_TIMEOUT_S) -> str:
+        """Run the `labcloud` CLI inside this cloud's namespace; its stdout (CliFailed on a non-zero exit)."""
+        done = self.cli(*argv, timeout=timeout)
+        if done.returncode != 0:
+            raise CliFailed(argv, done)
+        return done.stdout
+
+    def entered(self) -> AbstractContextManager[None]:
+        return netns.entered(self.ns)
+
+    def load_credentials(self) -> dict[str, str]:
+        doc: dict[str, str] = json.loads((self.home / "credentials.json").read_text())
+        self.endpoint, self.ak, self.sk, self.project_id = (
+            doc["endpoint"],
+            doc["ak"],
+            doc["sk"],
+            doc["project_id"],
+        )
+        return doc
+
+    def _client(self, client_class: Any) -> Any:
+        client = (
+            client_class.new_builder()
+            .with_http_config(HttpConfig.get_default_config())
+            .with_credentials(BasicCredentials(self.ak, self.sk, self.project_id))
+            .with_endpoints([self.endpoint])
+            .build()
+        )
+        return InNamespace(client, self.ns)
+
+    def ecs(self) -> EcsClient:
+        return self._client(EcsClient)  # type: ignore[no-any-return]
+
+    def vpc(self) -> VpcClient:
+        return self._client(VpcClient)  # type: ignore[no-any-return]
+
+    def ims(self) -> ImsClient:
+        return self._client(ImsClient)  # type: ignore[no-any-return]
+
+    def close(self) -> list[str]:
+        """Tear the cloud down; returns what had leaked (empty when everything was clean)."""
+        problems: list[str] = []
+        if self.home.exists():
+            down = self.cli("down", "--purge", timeout=600.0)
+            if down.returncode != 0:
+                problems.append(f"`labcloud down --purge` failed ({down.returncode}): {down.stderr.strip()}")
+        leftovers = leftover_processes(self.ns, self.home)
+        if leftovers:
+            problems.append(
+                "leaked processes: " + "; ".join(f"{pid} {cmd}" for pid, cmd in leftovers.items())
+            )
+            netns.kill_all(list(leftovers))
+        try:
+            netns.delete(self.ns)
+        except subprocess.CalledProcessError as exc:
+            problems.append(f"cannot delete namespace {self.ns}: {exc.stderr}")
+        if netns.exists(self.ns):
+            problems.append(f"namespace {self.ns} still exists")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return problems
+
+
+def start_cloud(up_timeout: float = UP_TIMEOUT_S) -> Cloud:
+    """`labcloud up` in a fresh namespace with a fresh home; the caller must `close()` it."""
+    tmp = Path(tempfile.mkdtemp(prefix="lct-cloud-", dir="/tmp"))
+    tmp.chmod(0o755)  # qemu runs as libvirt-qemu and must reach the disks below the home
+    cloud = Cloud(ns=netns.create(), home=tmp / "home", tmp=tmp)
+    try:
+        cloud.up_result = cloud.cli("up", timeout=up_timeout)
+        if cloud.up_result.returncode != 0:
+            raise RuntimeError(
+                f"labcloud up failed ({cloud.up_result.returncode}):\n{cloud.up_result.stdout}\n"
+                f"{cloud.up_result.stderr}"
+            )
+        cloud.load_credentials()
+    except BaseException:
+        problems = cloud.close()
+        if problems:
+            sys.stderr.write("while cleaning up a cloud that failed to start: " + "; ".join(problems) + "\n")
+        raise
+    return cloud
+
+
+def leftover_processes(ns: str, home: Path) -> dict[int, str]:
+    """Processes that belong to this cloud: in its namespace, marked with its home, or sharing their netns."""
+    marker = str(home).encode()
+    own_netns = netns.netns_inode("self")
+    found: set[int] = set(netns.pids(ns)) if netns.exists(ns) else set()
+    namespaces: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in environ or marker in cmdline:
+            found.add(int(entry))
+            inode = netns.netns_inode(entry)
+            if inode is not None and inode != own_netns:
+                namespaces.add(inode)
+    for inode in namespaces:
+        found.update(netns.pids_in_inode(inode))
+    return {pid: _cmdline(pid) for pid in sorted(found) if _alive(pid)}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+@dataclass
+class CloudFactory:
+    """Starts clouds on demand and closes every one of them at the end."""
+
+    clouds: list[Cloud] = field(default_factory=list)
+
+    def __call__(self) -> Cloud:
+        cloud = start_cloud()
+        self.clouds.append(cloud)
+        return cloud
+
+    def close(self) -> list[str]:
+        problems: list[str] = []
+        for cloud in reversed(self.clouds):
+            problems += [f"{cloud.ns}: {p}" for p in cloud.close()]
+        self.clouds.clear()
+        return problems
+
+
+def closing(factory: CloudFactory) -> Iterator[Callable[[], Cloud]]:
+    """Fixture body: yield the factory, then fail loudly if closing found leaks."""
+    try:
+        yield factory
+    finally:
+        problems = factory.close()
+        if problems:
+            raise AssertionError("the test cloud leaked:\n" + "\n".join(problems))
