@@ -19,7 +19,7 @@ from controller.cli.client import ApiCallError
 from controller.cli.errors import CliError
 from controller.cli.home import DEFAULT_HOME, image_cache_dir
 from controller.cli.image import ensure_image, seed_image_from_env
-from controller.cli.output import say
+from controller.cli.output import say, warn
 from controller.cli.stack import AGENT, CONTROLLER, LIBVIRTD, Stack
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ def up(stack: Stack, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         )
     except (CliError, OSError) as exc:
         if started:
-            say(f"labcloud up failed; stopping what it started: {', '.join(started)}")
-            _stop_daemons(stack, list(reversed(started)))
+            order = list(reversed(started))
+            say(f"labcloud up failed; stopping what it started: {', '.join(order)}")
+            _stop_daemons(stack, order)
         if isinstance(exc, CliError):
             raise
         raise CliError("up", str(exc)) from exc
@@ -103,9 +104,7 @@ def down(stack: Stack, *, purge: bool = False) -> None:
         _stop_daemons(stack, [LIBVIRTD])
         _kill_orphan_guests(home.root)
     elif purge:
-        uri = stack.external_libvirt_uri
-        ours = [n for n in libvirtd.all_domains(uri) if str(home.root) in libvirtd.domain_xml(uri, n)]
-        libvirtd.destroy_domains(uri, ours, undefine=True)
+        _forget_external_guests(stack.external_libvirt_uri, home.root)
     if purge:
         _teardown_network(stack.agent_state_dir)
         _remove_home(home.root)
@@ -150,6 +149,16 @@ def _stop_daemons(stack: Stack, names: list[str]) -> None:
             pid = daemon.stop(stack.home.pid_file(name), stack.home.root)
         if pid is not None:
             say(f"  stopped {name} (pid {pid})")
+
+
+def _forget_external_guests(uri: str, home: Path) -> None:
+    """On a libvirtd that is not ours, remove only the guests whose disks live in this home."""
+    try:
+        ours = [n for n in libvirtd.all_domains(uri) if str(home) in libvirtd.domain_xml(uri, n)]
+    except CliError as exc:
+        warn(f"warning: cannot remove this home's guests from {uri}: {exc.message}")
+        return
+    libvirtd.destroy_domains(uri, ours, undefine=True)
 
 
 def _kill_orphan_guests(home: Path) -> None:

@@ -29,7 +29,7 @@ die() {
     exit 1
 }
 
-# step FUNCTION: run one build step and log how long it took.
+# step FUNCTION: run one build step and log how long it took. Not for use in conditions: set -e must hold.
 step() {
     local started=$EPOCHREALTIME
     "$@"
@@ -330,7 +330,7 @@ build() {
     local started=$SECONDS
     R=$WORK/root
     log "building $NAME-$KEY (kernel $KERNEL_RELEASE)"
-    if ! step download; then
+    if ! download; then
         apt_update || die "apt-get download failed"
         resolve || die "cannot resolve the packages after apt-get update"
         settle_key

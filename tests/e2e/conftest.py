@@ -6,7 +6,7 @@ clouds for a single test. Both tear down with `labcloud down --purge` and fail l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,5 +29,5 @@ def cloud(warm_image_cache: None) -> Iterator[Cloud]:
 
 
 @pytest.fixture
-def cloud_factory(warm_image_cache: None) -> Iterator[Callable[[], Cloud]]:
+def cloud_factory(warm_image_cache: None) -> Iterator[CloudFactory]:
     yield from closing(CloudFactory())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,9 @@ from huaweicloudsdkecs.v2 import ListFlavorsRequest
 from huaweicloudsdkims.v2 import ListImagesRequest
 from huaweicloudsdkvpc.v2 import ListVpcsRequest
 
+from controller.cli.libvirtd import PrivateLibvirtd
 from tests.support import netns
-from tests.support.cloud import Cloud
+from tests.support.cloud import Cloud, CloudFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +34,7 @@ def host_rows(status_output: str) -> list[list[str]]:
     return [line.split() for line in lines[start:] if line.strip()]
 
 
-def test_up_writes_private_credentials_and_is_idempotent(cloud_factory: Callable[[], Cloud]) -> None:
+def test_up_writes_private_credentials_and_is_idempotent(cloud_factory: CloudFactory) -> None:
     cloud = cloud_factory()
     assert cloud.up_result is not None
     assert "labcloud is up" in cloud.up_result.stdout
@@ -61,7 +62,7 @@ def test_up_writes_private_credentials_and_is_idempotent(cloud_factory: Callable
         assert f"{name}" in status.stdout and str(pids[name]) in status.stdout
 
 
-def test_the_official_sdk_works_against_the_cloud(cloud_factory: Callable[[], Cloud]) -> None:
+def test_the_official_sdk_works_against_the_cloud(cloud_factory: CloudFactory) -> None:
     cloud = cloud_factory()
     flavors = cloud.ecs().list_flavors(ListFlavorsRequest()).flavors
     assert flavors and all(f.id and int(f.vcpus) >= 1 and f.ram >= 64 for f in flavors)
@@ -74,7 +75,7 @@ def test_the_official_sdk_works_against_the_cloud(cloud_factory: Callable[[], Cl
     assert images[0].id in cloud.run("image", "list")
 
 
-def test_down_stops_everything_and_up_starts_again(cloud_factory: Callable[[], Cloud]) -> None:
+def test_down_stops_everything_and_up_starts_again(cloud_factory: CloudFactory) -> None:
     cloud = cloud_factory()
     assert len(netns.pids(cloud.ns)) >= len(DAEMONS)
     cloud.run("down")
@@ -90,7 +91,7 @@ def test_down_stops_everything_and_up_starts_again(cloud_factory: Callable[[], C
     assert json.loads((cloud.home / "credentials.json").read_text())["ak"] == cloud.ak, "credentials survive"
 
 
-def test_two_clouds_on_one_machine_do_not_collide(cloud_factory: Callable[[], Cloud]) -> None:
+def test_two_clouds_on_one_machine_do_not_collide(cloud_factory: CloudFactory) -> None:
     first, second = cloud_factory(), cloud_factory()
     assert first.project_id != second.project_id and first.ak != second.ak
     assert set(netns.pids(first.ns)).isdisjoint(netns.pids(second.ns))
@@ -117,3 +118,38 @@ def test_two_clouds_on_one_machine_do_not_collide(cloud_factory: Callable[[], Cl
     assert netns.pids(first.ns) == []
     assert second.cli("status").returncode == 0
     assert second.ecs().list_flavors(ListFlavorsRequest()).flavors
+
+
+def test_a_failing_up_shows_the_log_and_stops_what_it_started(cloud_factory: CloudFactory) -> None:
+    # The controller cannot open this database, so it dies at start; libvirtd was already running by then.
+    cloud = cloud_factory({"LABCLOUD_DATABASE_URL": "sqlite:////nonexistent-dir/labcloud.db"}, start=False)
+    failed = cloud.cli("up")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error controller: the controller exited before it could answer")
+    assert "nonexistent-dir" in failed.stderr or "unable to open database" in failed.stderr, "the log's tail"
+    assert "stopping what it started: controller, libvirtd" in failed.stdout
+    assert netns.pids(cloud.ns) == []
+
+
+def test_up_uses_an_existing_libvirt_when_told_and_leaves_it_running(cloud_factory: CloudFactory) -> None:
+    cloud = cloud_factory(start=False)
+    ext_home = cloud.tmp / "external"
+    external = PrivateLibvirtd(
+        ext_home / "libvirt", ext_home / "libvirtd.pid", ext_home / "libvirtd.log", ext_home
+    )
+    with netns.entered(cloud.ns):
+        external.start(dict(os.environ, LABCLOUD_HOME=str(ext_home)), timeout=300)
+    try:
+        cloud.extra_env["LABCLOUD_LIBVIRT_URI"] = external.uri
+        cloud.run("up")
+        assert not (cloud.home / "run" / "libvirtd.pid").exists(), "no private libvirtd of its own"
+        assert not (cloud.home / "libvirt").exists()
+        status = cloud.cli("status")
+        assert status.returncode == 0, status.stdout
+        rows = [line.split() for line in status.stdout.splitlines()]
+        assert ["libvirtd", "-", "external", external.uri] in rows
+        cloud.run("down")
+        assert external.pid() is not None, "down leaves a libvirtd it did not start alone"
+        assert netns.pids(cloud.ns) == [external.pid()]
+    finally:
+        external.stop()

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +76,7 @@ class Cloud:
     ak: str = ""
     sk: str = ""
     project_id: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
     up_result: subprocess.CompletedProcess[str] | None = field(default=None, repr=False)
 
     def env(self) -> dict[str, str]:
@@ -84,6 +85,7 @@ class Cloud:
         }
         env["LABCLOUD_HOME"] = str(self.home)
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        env.update(self.extra_env)
         return env
 
     def cli(self, *argv: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -152,11 +154,16 @@ class Cloud:
         return problems
 
 
-def start_cloud(up_timeout: float = UP_TIMEOUT_S) -> Cloud:
-    """`labcloud up` in a fresh namespace with a fresh home; the caller must `close()` it."""
+def new_cloud(extra_env: dict[str, str] | None = None) -> Cloud:
+    """A namespace and a home for a cloud that is not started yet; the caller must `close()` it."""
     tmp = Path(tempfile.mkdtemp(prefix="lct-cloud-", dir="/tmp"))
     tmp.chmod(0o755)  # qemu runs as libvirt-qemu and must reach the disks below the home
-    cloud = Cloud(ns=netns.create(), home=tmp / "home", tmp=tmp)
+    return Cloud(ns=netns.create(), home=tmp / "home", tmp=tmp, extra_env=dict(extra_env or {}))
+
+
+def start_cloud(extra_env: dict[str, str] | None = None, up_timeout: float = UP_TIMEOUT_S) -> Cloud:
+    """`labcloud up` in a fresh namespace with a fresh home; the caller must `close()` it."""
+    cloud = new_cloud(extra_env)
     try:
         cloud.up_result = cloud.cli("up", timeout=up_timeout)
         if cloud.up_result.returncode != 0:
@@ -218,8 +225,9 @@ class CloudFactory:
 
     clouds: list[Cloud] = field(default_factory=list)
 
-    def __call__(self) -> Cloud:
-        cloud = start_cloud()
+    def __call__(self, extra_env: dict[str, str] | None = None, *, start: bool = True) -> Cloud:
+        """A started cloud, or with `start=False` just its namespace and home (run `up` yourself)."""
+        cloud = start_cloud(extra_env) if start else new_cloud(extra_env)
         self.clouds.append(cloud)
         return cloud
 
@@ -231,7 +239,7 @@ class CloudFactory:
         return problems
 
 
-def closing(factory: CloudFactory) -> Iterator[Callable[[], Cloud]]:
+def closing(factory: CloudFactory) -> Iterator[CloudFactory]:
     """Fixture body: yield the factory, then fail loudly if closing found leaks."""
     try:
         yield factory

@@ -1,5 +1,6 @@
 # Split user-data into parts: awk -v out=DIR -v prefix=P -f mime.awk FILE
-# Writes each part's body to DIR/P<NNN> and prints one manifest line per part:
+# Writes each part's body to DIR/P<NNN> (without the line break before the next delimiter, which RFC 2046
+# counts as part of the delimiter) and prints one manifest line per part:
 #   <file> TAB <content-type> TAB <transfer-encoding> TAB <filename>
 # Input that is not MIME (a plain "#cloud-config" or "#!" script) is one part with an empty type, to be sniffed
 # by its first line. A part that is itself multipart/* is written with its headers, so the caller can split it
@@ -52,15 +53,25 @@ function reset_headers() {
 function open_part(type, enc, name) {
     nparts++
     file = out "/" prefix sprintf("%03d", nparts)
+    nlines = 0
     printf "%s\t%s\t%s\t%s\n", file, type, enc, name
     printf "" > file
     if (type ~ /^multipart\//)
         printf "%s\n", raw > file   # keep its headers: the caller splits it again
 }
 
-function close_part() {
-    if (file != "")
+# Line breaks are written before each line, so the one preceding a delimiter is left out.
+function body_line(s) {
+    printf "%s%s", (nlines++ ? "\n" : ""), s > file
+}
+
+# close_part(1) at the end of the input: that part's last line keeps its line break.
+function close_part(at_eof) {
+    if (file != "") {
+        if (at_eof && nlines)
+            printf "\n" > file
         close(file)
+    }
     file = ""
 }
 
@@ -77,7 +88,7 @@ state == "top" {
     if (NR == 1 && $0 !~ /^[A-Za-z][A-Za-z0-9-]*:/) {
         state = "plain"
         open_part("", "", "")
-        print > file
+        body_line($0)
         next
     }
     if ($0 ~ /^[ \t]/ && pending != "") {
@@ -102,7 +113,7 @@ state == "top" {
     next
 }
 
-state == "plain" { print > file; next }
+state == "plain" { body_line($0); next }
 
 # A delimiter line: "--boundary" starts a part, "--boundary--" ends the multipart.
 (state == "preamble" || state == "body" || state == "hdr") && boundary != "" && substr($0, 1, 2 + length(boundary)) == "--" boundary {
@@ -138,7 +149,7 @@ state == "hdr" {
     next
 }
 
-state == "body" && file != "" { print > file; next }
+state == "body" && file != "" { body_line($0); next }
 
 END {
     if (state == "top") {
@@ -148,5 +159,5 @@ END {
         if (NR > 0 && hdr_type !~ /^multipart\//)
             open_part(hdr_type, hdr_enc, hdr_name)
     }
-    close_part()
+    close_part(1)
 }

@@ -121,8 +121,10 @@ nc_ssh_keys() {
 nc_passwords() {
     local pw
     pw=$(nc_first "$1" password)
-    [ -n "$pw" ] && printf 'root:%s\n' "$pw"
-    nc_values "$1" chpasswd.list | grep -v -E '^[ ]*$|:(R|RANDOM)$' | sed 's/^[ ]*//'
+    {
+        [ -n "$pw" ] && printf 'root:%s\n' "$pw"
+        nc_values "$1" chpasswd.list | grep -v -E '^[ ]*$|:(R|RANDOM)$' | sed 's/^[ ]*//'
+    } | awk '!seen[$0]++'
 }
 
 # nc_hostname META_FLAT CONFIG_FLAT: cloud-config hostname or fqdn, else meta-data local-hostname, made safe.
@@ -138,6 +140,7 @@ nc_hostname() {
 # nc_run_script FILE LOG: run one user script with its #! interpreter (sh when that is missing, e.g. bash).
 nc_run_script() {
     local file=$1 log=$2 interp rc
+    case $file in /*) ;; *) file=$PWD/$file ;; esac
     chmod 700 "$file"
     interp=$(sed -n '1s/^#![ ]*\([^ ]*\).*/\1/p' "$file")
     echo "tinycloud: $(date -u '+%Y-%m-%dT%H:%M:%SZ') running ${file##*/}" >>"$log"
