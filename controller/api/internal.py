@@ -13,6 +13,7 @@ from controller.db import session_scope
 from controller.errors import Forbidden, Unauthorized
 from controller.models.common import iso_z, utcnow
 from controller.models.host import Host
+from controller.services.power_sync import apply_power_report
 
 router = APIRouter()
 
@@ -39,6 +40,7 @@ def register_host(info: HostInfo, request: Request) -> dict[str, str]:
         host.availability_zone = info.availability_zone
         host.last_heartbeat = utcnow()
         session.add(host)
+        apply_power_report(session, info.host_id, info.servers)
     return {"host_id": info.host_id}
 
 

@@ -87,8 +87,13 @@ class Unpacked:
         assert dest.exists(), f"{path} is not in the root file system"
         return dest
 
-    def root_ls(self, path: str) -> str:
-        return run("debugfs", "-R", f"ls -l {path}", self.root).stdout
+    def root_ls(self, path: str) -> dict[str, list[str]]:
+        """A directory of the root file system: name -> the other `debugfs ls -l` columns."""
+        out = run("debugfs", "-R", f"ls -l {path}", self.root).stdout
+        return {line.split()[-1]: line.split()[:-1] for line in out.splitlines() if line.strip()}
+
+    def root_exists(self, path: str) -> bool:
+        return "Inode:" in run("debugfs", "-R", f"stat {path}", self.root).stdout
 
 
 @pytest.fixture(scope="session")
