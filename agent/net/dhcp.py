@@ -63,10 +63,6 @@ class DhcpFiles:
         return self.directory / "dnsmasq.log"
 
 
-def dhcp_subnets(spec: NetworkSpec) -> list[ipaddress.IPv4Network]:
-    return [ipaddress.IPv4Network(subnet.cidr, strict=False) for subnet in spec.subnets if subnet.dhcp_enable]
-
-
 def render_config(spec: NetworkSpec, files: DhcpFiles, *, user: str) -> str:
     """The dnsmasq config file for a VPC (pure). `user` is the account dnsmasq drops to after start."""
     lines = [

@@ -72,8 +72,9 @@ def group_set(group_id: str) -> str:
     return GROUP_SET_PREFIX + id11(group_id)
 
 
-def staging_set(group_id: str) -> str:
-    return STAGING_SET_PREFIX + id11(group_id)
+def staging_set(group_set_name: str) -> str:
+    """The scratch set that a group set's new members are loaded into before the two are swapped."""
+    return STAGING_SET_PREFIX + group_set_name.removeprefix(GROUP_SET_PREFIX)
 
 
 def dhcp_tag(subnet_id: str) -> str:

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agent.errors import NetworkError
@@ -33,18 +33,14 @@ def which(tool: str) -> str:
     return path
 
 
-def run(argv: Sequence[str], *, stdin: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """Run a tool and return its stdout; NetworkError if it cannot run or exits non-zero.
-
-    `env` replaces the environment (default: inherit the agent's).
-    """
+def run(argv: Sequence[str], *, stdin: str | None = None) -> str:
+    """Run a tool and return its stdout; NetworkError if it cannot run or exits non-zero."""
     argv = [which(argv[0]), *argv[1:]]
     log.debug("run %s", " ".join(argv))
     try:
         done = subprocess.run(
             argv,
             input=stdin,
-            env=None if env is None else dict(env),
             capture_output=True,
             text=True,
             timeout=COMMAND_TIMEOUT_S,

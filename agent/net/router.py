@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass
+from subprocess import DEVNULL
 
 from agent.errors import NetworkError
 from agent.net import proc
@@ -53,8 +55,27 @@ def start(vpc_id: str, owner: str) -> Router:
     `setsid --fork` detaches it at once: it is never the agent's child, so it needs no reaping by the agent
     and outlives it. It is found again by its markers.
     """
-    argv = ["setsid", "--fork", proc.which("unshare"), "--net", "--", proc.which("sleep"), "infinity"]
-    proc.run(argv, env={ENV_VPC: vpc_id, ENV_OWNER: owner})
+    argv = [
+        proc.which("setsid"),
+        "--fork",
+        proc.which("unshare"),
+        "--net",
+        "--",
+        proc.which("sleep"),
+        "infinity",
+    ]
+    try:
+        # No pipes: the holder would keep them open forever.
+        subprocess.run(
+            argv,
+            env={ENV_VPC: vpc_id, ENV_OWNER: owner},
+            stdin=DEVNULL,
+            stdout=DEVNULL,
+            stderr=DEVNULL,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise NetworkError(f"cannot start the router namespace of VPC {vpc_id}: {exc}") from exc
     own_inode = proc.netns_inode()
     deadline = time.monotonic() + START_TIMEOUT_S
     # unshare() happens before exec, so wait for both the new namespace and the exec of sleep.

@@ -220,7 +220,10 @@ def _port_range(rule: RuleSpec) -> str | None:
 
 
 def _host(ip: str) -> str:
-    return f"{ipaddress.IPv4Address(ip)}/32"
+    try:
+        return f"{ipaddress.IPv4Address(ip)}/32"
+    except ValueError as exc:
+        raise NetworkError(f"port address: {exc}") from exc
 
 
 def _members(group_id: str, by_id: Mapping[str, SecurityGroupSpec]) -> frozenset[str]:
@@ -228,7 +231,10 @@ def _members(group_id: str, by_id: Mapping[str, SecurityGroupSpec]) -> frozenset
     if group is None:
         log.warning("remote security group %s is not in the synced groups; its ipset stays empty", group_id)
         return frozenset()
-    addresses = (ipaddress.ip_address(ip) for ip in group.member_ips)
+    try:
+        addresses = [ipaddress.ip_address(ip) for ip in group.member_ips]
+    except ValueError as exc:
+        raise NetworkError(f"security group {group_id}: bad member address: {exc}") from exc
     return frozenset(str(addr) for addr in addresses if addr.version == 4)
 
 
@@ -322,7 +328,7 @@ def render_ipset_update(desired: Mapping[str, frozenset[str]], current: Mapping[
             lines.append(f"create {name} {_SET_TYPE}")
             lines += [f"add {name} {ip}" for ip in members]
         elif current[name] != desired[name]:
-            staging = names.STAGING_SET_PREFIX + name.removeprefix(names.GROUP_SET_PREFIX)
+            staging = names.staging_set(name)
             lines += [f"create {staging} {_SET_TYPE} -exist", f"flush {staging}"]
             lines += [f"add {staging} {ip}" for ip in members]
             lines += [f"swap {staging} {name}", f"destroy {staging}"]

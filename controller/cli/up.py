@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +27,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 300.0
 _POLL_S = 0.25
+IFF_UP = 0x1
 
 
 def up(stack: Stack, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
     home = stack.home
     home.ensure()
+    _ensure_loopback()
     if all(stack.pid(name) is not None for name in stack.daemons()) and stack.controller_healthy():
         host = _registered_host(stack)
         if host is not None:
@@ -149,6 +152,19 @@ def _stop_daemons(stack: Stack, names: list[str]) -> None:
             pid = daemon.stop(stack.home.pid_file(name), stack.home.root)
         if pid is not None:
             say(f"  stopped {name} (pid {pid})")
+
+
+def _ensure_loopback() -> None:
+    """Bring lo up: in a fresh network namespace it is down, and every daemon here talks over 127.0.0.1."""
+    try:
+        flags = int(Path("/sys/class/net/lo/flags").read_text(), 16)
+    except (OSError, ValueError):
+        flags = 0
+    if flags & IFF_UP:
+        return
+    done = subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise CliError("network", f"cannot bring the loopback interface up: {done.stderr.strip()}")
 
 
 def _forget_external_guests(uri: str, home: Path) -> None:

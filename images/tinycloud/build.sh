@@ -247,7 +247,6 @@ VERSION_ID="$FORMAT_VERSION"
 VERSION="$FORMAT_VERSION ($OS_BASE packages, kernel $KERNEL_RELEASE)"
 PRETTY_NAME="tinycloud $FORMAT_VERSION ($OS_BASE)"
 BUILD_ID=$KEY
-HOME_URL="https://labcloud.invalid/images/tinycloud"
 EOF
 }
 
@@ -310,7 +309,7 @@ write_meta() {
         printf '  "kernel": "%s",\n  "sha256": "%s",\n  "size": %s,\n' "$KERNEL_RELEASE" "$sha" "$size"
         printf '  "virtual_size": %s,\n  "disk_format": "qcow2",\n' "$virtual"
         printf '  "min_ram_mib": %s,\n  "min_disk_gib": %s,\n' "$MIN_RAM_MIB" "$MIN_DISK_GIB"
-        printf '  "default_user": "root",\n  "packages": {'
+        printf '  "default_user": "root",\n  "platform": "Other",\n  "packages": {'
         sep=""
         for pkg in $(printf '%s\n' "${!VERSIONS[@]}" | LC_ALL=C sort); do
             printf '%s\n    "%s": "%s"' "$sep" "$pkg" "${VERSIONS[$pkg]}"

@@ -7,6 +7,7 @@ clouds for a single test. Both tear down with `labcloud down --purge` and fail l
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,19 +16,22 @@ from tests.support.image import tinycloud_image
 
 
 @pytest.fixture(scope="session")
-def warm_image_cache() -> None:
-    # Build in the root namespace, where the package mirror is reachable; `up` inside a namespace then only
-    # finds the cached image.
-    tinycloud_image()
+def guest_image() -> Path:
+    """Built (or found) once per session in the root namespace, where the package mirror is reachable.
+
+    Clouds get it as LABCLOUD_SEED_IMAGE, so a recipe that changes during the session cannot send `up` inside
+    a namespace (no network) off to rebuild; pass `{"LABCLOUD_SEED_IMAGE": ""}` to make `up` run the recipe.
+    """
+    return tinycloud_image()
 
 
 @pytest.fixture(scope="module")
-def cloud(warm_image_cache: None) -> Iterator[Cloud]:
-    factory = CloudFactory()
+def cloud(guest_image: Path) -> Iterator[Cloud]:
+    factory = CloudFactory(default_env={"LABCLOUD_SEED_IMAGE": str(guest_image)})
     for make in closing(factory):
         yield make()
 
 
 @pytest.fixture
-def cloud_factory(warm_image_cache: None) -> Iterator[CloudFactory]:
-    yield from closing(CloudFactory())
+def cloud_factory(guest_image: Path) -> Iterator[CloudFactory]:
+    yield from closing(CloudFactory(default_env={"LABCLOUD_SEED_IMAGE": str(guest_image)}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def host_rows(status_output: str) -> list[list[str]]:
 
 
 def test_up_writes_private_credentials_and_is_idempotent(cloud_factory: CloudFactory) -> None:
-    cloud = cloud_factory()
+    cloud = cloud_factory({"LABCLOUD_SEED_IMAGE": ""})  # `up` runs the image recipe (a cache hit by now)
     assert cloud.up_result is not None
     assert "labcloud is up" in cloud.up_result.stdout
     assert f"accelerator:   {expected_accelerator()}" in cloud.up_result.stdout
@@ -153,3 +154,10 @@ def test_up_uses_an_existing_libvirt_when_told_and_leaves_it_running(cloud_facto
         assert netns.pids(cloud.ns) == [external.pid()]
     finally:
         external.stop()
+
+
+def test_up_brings_the_loopback_of_a_fresh_namespace_up(cloud_factory: CloudFactory) -> None:
+    cloud = cloud_factory(start=False)
+    subprocess.run(["ip", "-n", cloud.ns, "link", "set", "lo", "down"], check=True)
+    cloud.run("up")
+    assert cloud.cli("status").returncode == 0

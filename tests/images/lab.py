@@ -1,9 +1,9 @@
 """A throwaway hypervisor host for booting guest images in tests, built the way GUEST.md §3-4 describes.
 
-One network namespace is the "host": a private libvirtd (own run/lib/cache/log/etc directories, bind-mounted in
-the private mount namespace `ip netns exec` opens), a bridge with an address, and dnsmasq handing out fixed
-MAC -> IP leases with the DHCP options a test chooses (MTU, DNS). A second namespace is the "client", joined to
-the bridge by a veth pair, from which tests SSH into guests: traffic never touches the root namespace.
+One network namespace is the "host": a private libvirtd (own run/lib/cache/log/etc directories, bind-mounted
+in the private mount namespace `ip netns exec` opens), a bridge with an address, and dnsmasq handing out fixed
+MAC -> IP leases with the DHCP options a test chooses (MTU, DNS). A second namespace is the "client", joined
+to the bridge by a veth pair, from which tests SSH into guests: traffic never touches the root namespace.
 `Lab.close()` undoes everything, also after a half-finished `start()`.
 """
 
@@ -20,7 +20,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,7 +187,8 @@ class Lab:
                 ("etc", "/etc/libvirt"),
             )
         )
-        run("ip", "netns", "exec", self.host_ns, "sh", "-c", f"{binds} && exec libvirtd -d --pid-file {h}/libvirtd.pid")
+        start = f"{binds} && exec libvirtd -d --pid-file {h}/libvirtd.pid"
+        run("ip", "netns", "exec", self.host_ns, "sh", "-c", start)
         wait_for(lambda: (h / "run" / "libvirt-sock").exists(), 30, "libvirtd socket")
         log.info("libvirtd up in %s: %s", self.host_ns, self.uri)
 
@@ -249,7 +250,9 @@ class Lab:
             raise
         return client
 
-    def wait_ssh(self, ip: str, *, pkey: paramiko.PKey, timeout: float, alive: callable | None = None) -> paramiko.SSHClient:
+    def wait_ssh(
+        self, ip: str, *, pkey: paramiko.PKey, timeout: float, alive: Callable[[], None] | None = None
+    ) -> paramiko.SSHClient:
         """Poll until key login works; `alive` (if given) is checked between tries to fail fast."""
         deadline = time.monotonic() + timeout
         last: BaseException | None = None
@@ -290,7 +293,7 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def wait_for(predicate: callable, timeout: float, what: str, interval: float = 0.1) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -306,9 +309,3 @@ def exec_ok(client: paramiko.SSHClient, command: str, timeout: float = 60) -> st
     if status != 0:
         raise AssertionError(f"{command!r} exited {status}: {stderr.read().decode()}{out}")
     return out
-
-
-@contextlib.contextmanager
-def lab(workdir: Path) -> Iterator[Lab]:
-    with Lab(workdir) as the_lab:
-        yield the_lab

@@ -93,6 +93,26 @@ def guest(guest_bin: Path, tmp_path: Path) -> Guest:
     return Guest(guest_bin, tmp_path)
 
 
+GUEST_SCRIPTS = [
+    RECIPE / "initrd" / "init",
+    *sorted((RECIPE / "rootfs" / "etc" / "init.d").iterdir()),
+    RECIPE / "rootfs" / "etc" / "acpi" / "PWRF" / "00000080",
+    RECIPE / "rootfs" / "usr" / "share" / "udhcpc" / "default.script",
+    CHPASSWD,
+    *sorted(LIB.glob("*.sh")),
+]
+
+
+@pytest.mark.parametrize("script", GUEST_SCRIPTS, ids=lambda p: str(p.relative_to(RECIPE)))
+def test_guest_scripts_parse_with_busybox(guest_bin: Path, script: Path) -> None:
+    subprocess.run([guest_bin / "sh", "-n", script], check=True)
+
+
+@pytest.mark.parametrize("program", sorted(LIB.glob("*.awk")), ids=lambda p: p.name)
+def test_awk_programs_parse_with_busybox(guest_bin: Path, program: Path) -> None:
+    subprocess.run([guest_bin / "awk", "-f", program], stdin=subprocess.DEVNULL, check=True)
+
+
 def test_flatten_reads_the_yaml_shapes_seeds_use(guest: Guest) -> None:
     doc = """#cloud-config
 hostname: "vm-1"
@@ -164,7 +184,9 @@ def test_labcloud_seed_without_password_or_user_data(guest: Guest) -> None:
 
 def test_users_own_mime_nested_in_labcloud_multipart(guest: Guest) -> None:
     inner = MIMEMultipart("mixed")
-    inner.attach(MIMEText(f"#cloud-config\nssh_authorized_keys:\n  - {KEY3}\nruncmd:\n  - touch /x\n", "cloud-config"))
+    inner.attach(
+        MIMEText(f"#cloud-config\nssh_authorized_keys:\n  - {KEY3}\nruncmd:\n  - touch /x\n", "cloud-config")
+    )
     inner.attach(MIMEText("#!/bin/sh\necho inner\n", "x-shellscript"))
     user_data = render_user_data(hostname="n", ssh_keys=[KEY1], admin_pass=None, user_data=inner.as_string())
     seen = guest.seed("instance-id: i-3\n", user_data)
@@ -248,7 +270,8 @@ def test_keys_and_hostname_sources(guest: Guest) -> None:
 
 def test_run_script_logs_and_falls_back_to_sh(guest: Guest) -> None:
     marker = guest.workdir / "ran"
-    guest.write("bash-script", f"#!/opt/no/bash\necho out\necho err >&2\n[ -n \"$HOME\" ] && echo $HOME > {marker}\nexit 3\n")
+    script = f'#!/opt/no/bash\necho out\necho err >&2\n[ -n "$HOME" ] && echo $HOME > {marker}\nexit 3\n'
+    guest.write("bash-script", script)
     guest.sh("nc_run_script bash-script log || echo status=$? > status")
     log = (guest.workdir / "log").read_text()
     assert "/opt/no/bash not found, running bash-script with sh" in log
@@ -260,7 +283,11 @@ def test_run_script_logs_and_falls_back_to_sh(guest: Guest) -> None:
 
 def openssl_sha512(password: str, salt: str) -> str:
     return subprocess.run(
-        ["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input=password, capture_output=True, text=True, check=True
+        ["openssl", "passwd", "-6", "-salt", salt, "-stdin"],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
 
 

@@ -223,11 +223,13 @@ def _alive(pid: int) -> bool:
 class CloudFactory:
     """Starts clouds on demand and closes every one of them at the end."""
 
+    default_env: dict[str, str] = field(default_factory=dict)
     clouds: list[Cloud] = field(default_factory=list)
 
     def __call__(self, extra_env: dict[str, str] | None = None, *, start: bool = True) -> Cloud:
         """A started cloud, or with `start=False` just its namespace and home (run `up` yourself)."""
-        cloud = start_cloud(extra_env) if start else new_cloud(extra_env)
+        env = {**self.default_env, **(extra_env or {})}
+        cloud = start_cloud(env) if start else new_cloud(env)
         self.clouds.append(cloud)
         return cloud
 

@@ -19,8 +19,12 @@ def sandbox() -> Iterator[Sandbox]:
         pytest.skip("needs root and iproute2")
     # Under /tmp (world-searchable), not pytest's 0700 tmp_path, so dnsmasq runs as nobody as on a host.
     workdir = Path(tempfile.mkdtemp(prefix="lctest-net-", dir="/tmp"))
-    workdir.chmod(0o755)
-    box = Sandbox(workdir)
+    try:
+        workdir.chmod(0o755)
+        box = Sandbox(workdir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     try:
         yield box
     finally:

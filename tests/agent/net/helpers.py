@@ -179,12 +179,12 @@ class Sandbox:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.state_dir = workdir / "state"
-        self.host = create_netns()
-        self.namespaces = [self.host]
         self.listeners: list[subprocess.Popen[bytes]] = []
         self.script = workdir / "udhcpc.sh"
         self.script.write_text(_UDHCPC_SCRIPT)
         self.script.chmod(0o755)
+        self.host = create_netns()  # last: nothing below can fail and leak it
+        self.namespaces = [self.host]
 
     # the code under test, run as a fresh agent process inside the host namespace
 

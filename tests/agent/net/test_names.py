@@ -19,7 +19,7 @@ def test_names_use_the_first_eleven_id_characters_without_dashes() -> None:
     assert names.ingress_chain(PORT) == "lci-7c3e9f102b4"
     assert names.egress_chain(PORT) == "lco-7c3e9f102b4"
     assert names.group_set(PORT) == "lcg-7c3e9f102b4"
-    assert names.staging_set(PORT) == "lcn-7c3e9f102b4"
+    assert names.staging_set(names.group_set(PORT)) == "lcn-7c3e9f102b4"
     assert names.dhcp_tag(PORT) == "s7c3e9f102b444d5e9a1b1234567890ab"
 
 
@@ -31,7 +31,7 @@ def test_every_name_fits_the_kernel_limits() -> None:
     assert (
         max(map(len, (names.FORWARD_CHAIN, names.EGRESS_DISPATCH_CHAIN, names.INGRESS_DISPATCH_CHAIN))) <= 28
     )
-    assert len(names.staging_set(PORT)) <= 31
+    assert len(names.staging_set(names.group_set(PORT))) <= 31
 
 
 def test_short_ids_give_short_names() -> None:

@@ -6,6 +6,8 @@ measured connect timeout (dropped, not refused), next to a positive control that
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from agent.net.names import egress_chain
@@ -14,7 +16,10 @@ from agent.schemas import NetworkSpec, PortSpec, RuleSpec, SecurityGroupSpec, Su
 
 from .helpers import Guest, Sandbox
 
-pytestmark = pytest.mark.netns
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox (udhcpc) from apt"),
+]
 
 VPC = "0a1b2c3d-0000-4000-8000-000000000001"
 SUB1 = "5b000000-0000-4000-8000-000000000001"

@@ -239,7 +239,8 @@ nocloud_boot() {
     if [ ! -e "$idir/sem/config" ]; then
         nc_ssh_keys "$TC_RUN/meta.flat" "$TC_RUN/config.flat" >"$TC_RUN/keys"
         keys=$(grep -c . "$TC_RUN/keys")
-        [ "$keys" -gt 0 ] && tc_install_keys <"$TC_RUN/keys"
+        # Replaced even when empty: an image made from another server must not keep letting its keys in.
+        tc_install_keys <"$TC_RUN/keys"
         nc_passwords "$TC_RUN/config.flat" | chpasswd
         tc_log "instance $iid: $keys SSH key(s), hostname ${name:-unchanged}"
         touch "$idir/sem/config"
