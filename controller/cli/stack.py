@@ -103,6 +103,10 @@ class Stack:
         env.setdefault("LABCLOUD_AGENT_LISTEN_PORT", str(AGENT_LISTEN_PORT))
         return env
 
+    def agent_listen(self) -> tuple[str, int]:
+        env = self.agent_env("")
+        return env["LABCLOUD_AGENT_LISTEN_HOST"], int(env["LABCLOUD_AGENT_LISTEN_PORT"])
+
     def controller_healthy(self) -> bool:
         try:
             response = httpx.get(self.controller_url + "/healthz", timeout=5.0, trust_env=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ def up(stack: Stack, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
             stack.libvirtd.start(stack.base_env(), timeout=timeout)
             started.append(LIBVIRTD)
         if stack.pid(CONTROLLER) is None:
+            _check_port_free(stack.settings.listen_host, stack.settings.listen_port, CONTROLLER)
             daemon.spawn(
                 stack.controller_argv(),
                 env=stack.controller_env(image),
@@ -57,6 +59,7 @@ def up(stack: Stack, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
             started.append(CONTROLLER)
         _wait(stack, CONTROLLER, timeout, "answer on " + stack.controller_url, stack.controller_healthy)
         if stack.pid(AGENT) is None:
+            _check_port_free(*stack.agent_listen(), AGENT)
             token = home.join_token.read_text().strip()
             daemon.spawn(
                 stack.agent_argv(),
@@ -66,9 +69,8 @@ def up(stack: Stack, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
                 pid_file=home.pid_file(AGENT),
             )
             started.append(AGENT)
-        _wait(
-            stack, AGENT, timeout, "register with the controller", lambda: _registered_host(stack) is not None
-        )
+        registered: list[dict[str, Any]] = []
+        _wait(stack, AGENT, timeout, "register with the controller", lambda: _found(registered, stack))
     except (CliError, OSError) as exc:
         if started:
             order = list(reversed(started))
@@ -77,8 +79,7 @@ def up(stack: Stack, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         if isinstance(exc, CliError):
             raise
         raise CliError("up", str(exc)) from exc
-    host = _registered_host(stack)
-    assert host is not None  # _wait returned
+    host = registered[0]
     say(f"labcloud is up (home {home.root}).")
     summary(stack, host)
 
@@ -123,6 +124,28 @@ def _registered_host(stack: Stack) -> dict[str, Any] | None:
         log.debug("hosts not available yet: %s", exc)
         return None
     return host if host is not None and host.get("state") == "up" else None
+
+
+def _found(into: list[dict[str, Any]], stack: Stack) -> bool:
+    host = _registered_host(stack)
+    if host is not None:
+        into.append(host)
+    return host is not None
+
+
+def _check_port_free(host: str, port: int, name: str) -> None:
+    """Fail early, and clearly, when something else (another cloud in this namespace?) holds the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                name,
+                f"cannot listen on {host}:{port}: {exc.strerror}; is another labcloud running "
+                "in this network namespace with another LABCLOUD_HOME?",
+            ) from None
 
 
 def _wait(stack: Stack, name: str, timeout: float, what: str, ready: Callable[[], bool]) -> None:

@@ -403,12 +403,19 @@ if cached; then
     log "built meanwhile: $IMAGE"
     finish
 fi
-rm -rf "$CACHE/.$NAME-build."* # left by builds that were killed; we hold the lock
+# Whatever builds that were killed left behind (we hold the lock): their work dir and its scratch dir.
+for stale in "$CACHE/.$NAME-build."*; do
+    [[ -e $stale ]] || continue
+    scratch=$(cat "$stale/scratch" 2>/dev/null || true)
+    [[ $scratch == /dev/shm/$NAME-build.* ]] && rm -rf "$scratch"
+    rm -rf "$stale"
+done
 WORK=$(mktemp -d "$CACHE/.$NAME-build.XXXXXX")
 # The unpacked packages (~100 MB, 1100 files, only read once) go to tmpfs when there is one: unpacking there
 # takes a third of the time.
 if [[ -d /dev/shm && -w /dev/shm ]]; then
-    X=$(mktemp -d /dev/shm/$NAME-build.XXXXXX)
+    X=$(mktemp -d "/dev/shm/$NAME-build.XXXXXX")
+    echo "$X" >"$WORK/scratch"
 else
     X=$WORK/x
 fi

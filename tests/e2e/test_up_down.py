@@ -16,7 +16,7 @@ from huaweicloudsdkvpc.v2 import ListVpcsRequest
 
 from controller.cli.libvirtd import PrivateLibvirtd
 from tests.support import netns
-from tests.support.cloud import Cloud, CloudFactory
+from tests.support.cloud import LABCLOUD, Cloud, CloudFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -161,3 +161,14 @@ def test_up_brings_the_loopback_of_a_fresh_namespace_up(cloud_factory: CloudFact
     subprocess.run(["ip", "-n", cloud.ns, "link", "set", "lo", "down"], check=True)
     cloud.run("up")
     assert cloud.cli("status").returncode == 0
+
+
+def test_a_second_home_in_the_same_namespace_is_refused_clearly(cloud_factory: CloudFactory) -> None:
+    cloud = cloud_factory()
+    env = {**cloud.env(), "LABCLOUD_HOME": str(cloud.tmp / "second")}
+    second = netns.run_in(cloud.ns, [str(LABCLOUD), "up"], env=env, check=False)
+    assert second.returncode == 1
+    assert second.stderr.startswith("error controller: cannot listen on 127.0.0.1:8778")
+    assert "stopping what it started: libvirtd" in second.stdout
+    assert not list((cloud.tmp / "second" / "run").glob("*.pid"))
+    assert cloud.cli("status").returncode == 0, "the first cloud is untouched"

@@ -40,7 +40,8 @@ def run(*argv: str | os.PathLike[str], check: bool = True) -> subprocess.Complet
 def netns_connect(netns: str, address: tuple[str, int], timeout: float) -> socket.socket:
     """A TCP connection opened from inside `netns`: a helper thread enters the namespace (setns affects only
     the calling thread) and connects; the socket stays in that namespace wherever it is used afterwards."""
-    result: dict[str, socket.socket | BaseException] = {}
+    opened: list[socket.socket] = []
+    failed: list[BaseException] = []
 
     def connect() -> None:
         try:
@@ -51,18 +52,16 @@ def netns_connect(netns: str, address: tuple[str, int], timeout: float) -> socke
                     raise OSError(err, f"setns({netns}): {os.strerror(err)}")
             finally:
                 os.close(fd)
-            result["sock"] = socket.create_connection(address, timeout=timeout)
+            opened.append(socket.create_connection(address, timeout=timeout))
         except BaseException as exc:
-            result["error"] = exc
+            failed.append(exc)
 
     thread = threading.Thread(target=connect, name=f"netns-{netns}")
     thread.start()
     thread.join()
-    if "error" in result:
-        raise result["error"]
-    sock = result["sock"]
-    assert isinstance(sock, socket.socket)
-    return sock
+    if failed:
+        raise failed[0]
+    return opened[0]
 
 
 class _AcceptHostKey(paramiko.MissingHostKeyPolicy):

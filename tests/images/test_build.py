@@ -151,6 +151,22 @@ def test_failed_download_runs_apt_get_update_once(tmp_path: Path) -> None:
     assert [p.name for p in cache.iterdir()] == [".tinycloud.lock"]  # the failed build left nothing else
 
 
+def test_leftovers_of_a_killed_build_are_removed(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    stale = cache / ".tinycloud-build.dead01"
+    stale.mkdir(parents=True)
+    scratch = Path(tempfile.mkdtemp(prefix="tinycloud-build.", dir="/dev/shm"))
+    try:
+        (stale / "scratch").write_text(f"{scratch}\n")
+        (scratch / "x").write_text("unpacked packages")
+        env, _calls = fake_apt_get(tmp_path, download_fails=True)  # stops the build right after the cleanup
+        subprocess.run([BUILD_SH, "--cache-dir", cache], env=env, capture_output=True, check=False)
+        assert not stale.exists()
+        assert not scratch.exists()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def test_concurrent_builds_make_one_image(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     procs = [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
 import time
@@ -144,9 +145,14 @@ def test_tinycloud_boots_takes_its_seed_reboots_and_powers_off(tinycloud: BuiltI
     work = lab.workdir / "vm"
     work.mkdir()
     work.chmod(0o755)
+    # A private copy as the backing file: libvirt's dynamic ownership chowns backing files to libvirt-qemu,
+    # and the cached image is shared (hard-linked) by other users of the cache.
+    base = work / "base.qcow2"
+    shutil.copyfile(tinycloud.path, base)
+    base.chmod(0o644)
     disk = work / "root.qcow2"
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", tinycloud.path, disk, "1G"],
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk, "1G"],
         check=True,
     )
     seed = make_seed(work, meta_key=pub_a, config_key=pub_b)
