@@ -188,12 +188,13 @@ class AgentService:
             settings,
             host=host,
             network=network,
-            images=ImageCache(image_cache_dir(state)),
+            images=ImageCache(image_cache_dir(state), bearer_token=settings.join_token.get_secret_value()),
             accelerator=accelerator,
         )
 
     def close(self) -> None:
         self._host.close()
+        self._images.close()
 
     # ---- lifecycle of the service -------------------------------------------------------------------------
 

@@ -35,9 +35,13 @@ _TMP_PREFIX = ".partial-"
 
 
 class ImageCache:
-    def __init__(self, directory: Path, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self, directory: Path, client: httpx.Client | None = None, *, bearer_token: str | None = None
+    ) -> None:
+        """`bearer_token` authenticates downloads from the controller's image store (the join token)."""
         self.directory = ensure_traversable_dir(Path(directory))
         self._client = client
+        self._headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else {}
         self._own_client = client is None
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
@@ -103,7 +107,9 @@ class ImageCache:
 
     def _download(self, url: str, tmp: Path) -> tuple[int, str]:
         if self._client is None:
-            self._client = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True)
+            self._client = httpx.Client(
+                timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True, headers=self._headers
+            )
         hasher = hashlib.sha256()
         size = 0
         with tmp.open("xb") as out:
