@@ -8,9 +8,11 @@ its stdio to files.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ BIND_MOUNTS = (
     ("log", "/var/log/libvirt"),
     ("etc", "/etc/libvirt"),
 )
+KVM_DEVICE = "/dev/kvm"
 SOCKET_NAME = "libvirt-sock"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
@@ -35,7 +38,7 @@ UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _LAUNCHER = """
 set -e
 while [ "$1" != "--" ]; do
-    mkdir -p "$2"
+    [ -e "$2" ] || mkdir -p "$2"
     mount --bind "$1" "$2"
     shift 2
 done
@@ -91,7 +94,32 @@ class PrivateLibvirtd:
         argv = [_tool("unshare"), "--mount", "--propagation", "slave", "--", "/bin/sh", "-c", _LAUNCHER, "sh"]
         for sub, target in BIND_MOUNTS:
             argv += [str(self.root / sub), target]
+        kvm_node = self.kvm_node()
+        if kvm_node is not None:
+            argv += [str(kvm_node), KVM_DEVICE]
         return [*argv, "--", _tool("libvirtd"), "--daemon", "--pid-file", str(self.pid_file)]
+
+    def kvm_node(self) -> Path | None:
+        """A `root:kvm 0660` stand-in for a /dev/kvm that no udev made group-accessible.
+
+        With /dev/kvm root-only, qemu (running as libvirt-qemu) cannot open it while libvirt's capability
+        probe (running as root) can; libvirt then re-probes QEMU on nearly every call, about 4 s each. Inside
+        the daemon's own mount namespace the node udev would have made replaces it; the host is left as is.
+        """
+        try:
+            st = os.stat(KVM_DEVICE)
+            kvm_gid = grp.getgrnam("kvm").gr_gid
+        except (FileNotFoundError, KeyError):
+            return None
+        if not stat.S_ISCHR(st.st_mode) or (st.st_gid == kvm_gid and st.st_mode & 0o060 == 0o060):
+            return None
+        node = self.root / "kvm"
+        self.root.mkdir(parents=True, exist_ok=True)
+        node.unlink(missing_ok=True)
+        os.mknod(node, stat.S_IFCHR | 0o660, st.st_rdev)
+        os.chown(node, 0, kvm_gid)
+        os.chmod(node, 0o660)
+        return node
 
     def start(self, env: dict[str, str], timeout: float = 60.0) -> int:
         """Start the daemon and wait until it answers on its socket; returns its pid."""

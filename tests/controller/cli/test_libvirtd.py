@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -35,6 +37,10 @@ def test_the_launcher_binds_all_five_directories_then_execs_libvirtd(tmp_path: P
         str(tmp_path / "run/libvirtd.pid"),
     ]
     assert lv.uri == f"qemu:///system?socket={tmp_path}/libvirt/run/libvirt-sock"
+    if "/dev/kvm" in argv:  # this host's /dev/kvm is root-only: a group-accessible stand-in is bound over it
+        node = os.stat(argv[argv.index("/dev/kvm") - 1])
+        assert stat.S_ISCHR(node.st_mode) and node.st_rdev == os.stat("/dev/kvm").st_rdev
+        assert (node.st_gid, stat.S_IMODE(node.st_mode)) == (grp.getgrnam("kvm").gr_gid, 0o660)
 
 
 @pytest.mark.netns
