@@ -19,6 +19,7 @@ from agent.api import (
     router,
 )
 from agent.config import AgentSettings
+from agent.memtrim import start_idle_trimmer
 from agent.schemas import HostInfo
 from agent.service import AgentService
 
@@ -126,10 +127,12 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
             )
             heartbeat.start()
         app.state.heartbeat = heartbeat
+        stop_trimming = start_idle_trimmer()
         log.info("agent %s serving at %s", settings.resolved_host_id, settings.url)
         try:
             yield
         finally:
+            stop_trimming.set()
             if heartbeat is not None:
                 heartbeat.stop()
             if service is None:

@@ -46,7 +46,9 @@ class RuleSpec(BaseModel):
 class SecurityGroupSpec(BaseModel):
     id: str
     rules: list[RuleSpec] = Field(default_factory=list)
-    member_ips: list[str] = Field(default_factory=list)  # fixed IPs of every port in the group, for remote groups
+    member_ips: list[str] = Field(
+        default_factory=list
+    )  # fixed IPs of every port in the group, for remote groups
 
 
 class PortSpec(BaseModel):

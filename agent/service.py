@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,9 +131,11 @@ class Rollback:
 
 @contextmanager
 def step(server_id: str, name: str, default_error: type[AgentFailure]) -> Iterator[None]:
-    """Name the step in whatever error escapes it, keeping the error's type, code and status."""
+    """Name the step in whatever error escapes it, keeping the error's type, code and status; time it."""
+    started = time.perf_counter()
     try:
         yield
+        log.debug("server %s: %s took %.1f ms", server_id, name, (time.perf_counter() - started) * 1000)
     except AgentFailure as exc:
         raise _renamed(exc, f"server {server_id}: {name} failed: {exc.message}") from exc
     except Exception as exc:

@@ -57,8 +57,17 @@ def _ssh_works(ns: str, ip: str, key: paramiko.PKey) -> bool:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     try:
-        client.connect(ip, username="root", pkey=key, sock=sock, timeout=3, banner_timeout=3, auth_timeout=3,
-                       allow_agent=False, look_for_keys=False)
+        client.connect(
+            ip,
+            username="root",
+            pkey=key,
+            sock=sock,
+            timeout=3,
+            banner_timeout=3,
+            auth_timeout=3,
+            allow_agent=False,
+            look_for_keys=False,
+        )
         _, out, _ = client.exec_command("true", timeout=10)
         return out.channel.recv_exit_status() == 0
     except (OSError, paramiko.SSHException, EOFError):
@@ -71,15 +80,20 @@ def _ssh_works(ns: str, ip: str, key: paramiko.PKey) -> bool:
 def _new_key(workdir: Path) -> tuple[str, paramiko.PKey]:
     key = Ed25519PrivateKey.generate()
     path = workdir / "id_ed25519"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return public.decode(), paramiko.PKey.from_path(str(path))
 
 
 def _virsh(cloud: Cloud, *argv: str) -> str:
     uri = f"qemu:///system?socket={cloud.home}/libvirt/run/libvirt-sock"
-    return subprocess.run(["virsh", "-q", "-c", uri, *argv], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["virsh", "-q", "-c", uri, *argv], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def bench_labcloud(cloud: Cloud, runs: int, public_key: str, key: paramiko.PKey) -> dict[str, Any]:
@@ -89,17 +103,29 @@ def bench_labcloud(cloud: Cloud, runs: int, public_key: str, key: paramiko.PKey)
     domain_xml = ""
     with cloud.entered():
         journey.import_keypair(ecs, "bench", public_key)
-        vpc_id, subnet_id, sg_id = journey.create_network(vpc, name="bench", cidr="10.60.0.0/16",
-                                                          subnet_cidr="10.60.1.0/24", gateway="10.60.1.1")
+        vpc_id, subnet_id, sg_id = journey.create_network(
+            vpc, name="bench", cidr="10.60.0.0/16", subnet_cidr="10.60.1.0/24", gateway="10.60.1.1"
+        )
         image_id, flavor_id = journey.small_image_id(ims), journey.smallest_flavor_id(ecs)
     for i in range(runs + 1):  # run 0 warms the agent's image cache and is not counted
         with cloud.entered():
             t0 = time.perf_counter()
-            _, (server_id,) = journey.create_servers(ecs, name=f"bench-{i}", image_id=image_id,
-                                                     flavor_id=flavor_id, vpc_id=vpc_id, subnet_id=subnet_id,
-                                                     sg_id=sg_id, key_name="bench")
-            t_active = _poll(lambda sid=server_id: journey.show(ecs, sid).status in ("ACTIVE", "ERROR"), 0.02,
-                             300, "ACTIVE")
+            _, (server_id,) = journey.create_servers(
+                ecs,
+                name=f"bench-{i}",
+                image_id=image_id,
+                flavor_id=flavor_id,
+                vpc_id=vpc_id,
+                subnet_id=subnet_id,
+                sg_id=sg_id,
+                key_name="bench",
+            )
+            t_active = _poll(
+                lambda sid=server_id: journey.show(ecs, sid).status in ("ACTIVE", "ERROR"),
+                0.02,
+                300,
+                "ACTIVE",
+            )
             server = journey.show(ecs, server_id)
             assert server.status == "ACTIVE", server.fault
             ip = journey.fixed_ip(server)
@@ -148,23 +174,49 @@ def _raw_domain_xml(template: str, name: str, disk: Path, seed: Path, console: P
     return ET.tostring(root, encoding="unicode")
 
 
-def bench_raw(cloud: Cloud, runs: int, domain_xml: str, public_key: str, key: paramiko.PKey) -> dict[str, Any]:
+def bench_raw(
+    cloud: Cloud, runs: int, domain_xml: str, public_key: str, key: paramiko.PKey
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="raw-", dir=cloud.tmp))
     work.chmod(0o755)
     base = next((Path(cloud.home) / "agent" / "images").glob("*.qcow2"))
     (work / "meta-data").write_text("instance-id: raw-bench\nlocal-hostname: raw\n")
     (work / "user-data").write_text(f"#cloud-config\nssh_authorized_keys:\n  - {public_key}\n")
     seed = work / "seed.iso"
-    subprocess.run(["genisoimage", "-quiet", "-output", str(seed), "-volid", "cidata", "-joliet", "-rock",
-                    str(work / "user-data"), str(work / "meta-data")], check=True)
+    subprocess.run(
+        [
+            "genisoimage",
+            "-quiet",
+            "-output",
+            str(seed),
+            "-volid",
+            "cidata",
+            "-joliet",
+            "-rock",
+            str(work / "user-data"),
+            str(work / "meta-data"),
+        ],
+        check=True,
+    )
     ns = ["ip", "netns", "exec", cloud.ns]
     subprocess.run([*ns, "ip", "link", "add", RAW_BRIDGE, "type", "bridge"], check=True)
     subprocess.run([*ns, "ip", "addr", "add", f"{RAW_GATEWAY}/24", "dev", RAW_BRIDGE], check=True)
     subprocess.run([*ns, "ip", "link", "set", RAW_BRIDGE, "up"], check=True)
-    dnsmasq = subprocess.Popen([*ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
-                                "--bind-interfaces", f"--interface={RAW_BRIDGE}", "--except-interface=lo",
-                                f"--dhcp-range={RAW_IP},static,255.255.255.0,infinite",
-                                f"--dhcp-host={RAW_MAC},{RAW_IP},raw", f"--dhcp-leasefile={work / 'leases'}"])
+    dnsmasq = subprocess.Popen(
+        [
+            *ns,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--bind-interfaces",
+            f"--interface={RAW_BRIDGE}",
+            "--except-interface=lo",
+            f"--dhcp-range={RAW_IP},static,255.255.255.0,infinite",
+            f"--dhcp-host={RAW_MAC},{RAW_IP},raw",
+            f"--dhcp-leasefile={work / 'leases'}",
+        ]
+    )
     to_running: list[float] = []
     to_ssh: list[float] = []
     try:
@@ -173,8 +225,10 @@ def bench_raw(cloud: Cloud, runs: int, domain_xml: str, public_key: str, key: pa
             xml_path = work / f"raw-{i}.xml"
             xml_path.write_text(_raw_domain_xml(domain_xml, f"raw-{i}", disk, seed, work / f"raw-{i}.log"))
             t0 = time.perf_counter()
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(disk),
-                            "1G"], check=True)
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(disk), "1G"],
+                check=True,
+            )
             _virsh(cloud, "define", str(xml_path))
             _virsh(cloud, "start", f"raw-{i}")
             t_running = time.perf_counter()
@@ -203,7 +257,9 @@ def idle_rss_mib(cloud: Cloud) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     cloud = start_cloud()
@@ -227,15 +283,23 @@ def main() -> None:
         "idle_rss_mib": {k: round(v, 1) for k, v in rss.items()},
         "idle_rss_total_mib": round(sum(rss.values()), 1),
     }
-    result["ratio_active_vs_raw_running"] = round(result["labcloud_to_active_s"] / result["raw_to_running_s"], 2)
+    result["ratio_active_vs_raw_running"] = round(
+        result["labcloud_to_active_s"] / result["raw_to_running_s"], 2
+    )
     result["ratio_ssh_vs_raw_ssh"] = round(result["labcloud_to_ssh_s"] / result["raw_to_ssh_s"], 2)
-    print(f"create → ACTIVE (median of {args.runs}): labcloud {result['labcloud_to_active_s']:.3f} s, raw "
-          f"qemu-img + virsh define/start {result['raw_to_running_s']:.3f} s, "
-          f"ratio {result['ratio_active_vs_raw_running']:.2f} (bar ≤ 1.3)")
-    print(f"create → SSH ready: labcloud {result['labcloud_to_ssh_s']:.3f} s, raw {result['raw_to_ssh_s']:.3f} s, "
-          f"ratio {result['ratio_ssh_vs_raw_ssh']:.2f} (bar ≤ 1.2)")
-    print(f"idle RSS: controller {rss.get('controller', 0):.1f} MiB + agent {rss.get('agent', 0):.1f} MiB = "
-          f"{result['idle_rss_total_mib']:.1f} MiB (bar ≤ 150)")
+    print(
+        f"create → ACTIVE (median of {args.runs}): labcloud {result['labcloud_to_active_s']:.3f} s, raw "
+        f"qemu-img + virsh define/start {result['raw_to_running_s']:.3f} s, "
+        f"ratio {result['ratio_active_vs_raw_running']:.2f} (bar ≤ 1.3)"
+    )
+    print(
+        f"create → SSH ready: labcloud {result['labcloud_to_ssh_s']:.3f} s, raw {result['raw_to_ssh_s']:.3f} s, "
+        f"ratio {result['ratio_ssh_vs_raw_ssh']:.2f} (bar ≤ 1.2)"
+    )
+    print(
+        f"idle RSS: controller {rss.get('controller', 0):.1f} MiB + agent {rss.get('agent', 0):.1f} MiB = "
+        f"{result['idle_rss_total_mib']:.1f} MiB (bar ≤ 150)"
+    )
     print(json.dumps(result))
 
 

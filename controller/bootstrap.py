@@ -59,14 +59,20 @@ def ensure_admin_credentials(settings: Settings, engine: Engine) -> Credential:
             session.flush()
         cred = session.get(Credential, existing["ak"]) if existing else None
         if cred is None or cred.revoked_at is not None or cred.project_id != project.id:
-            cred = Credential(access_key=new_access_key(), secret_key=new_secret_key(), project_id=project.id,
-                              is_admin=True)
+            cred = Credential(
+                access_key=new_access_key(), secret_key=new_secret_key(), project_id=project.id, is_admin=True
+            )
             session.add(cred)
             log.info("issued admin credentials %s for project %s", cred.access_key, project.id)
         session.flush()
         session.refresh(cred)
-    doc = {"endpoint": settings.endpoint, "region": settings.region, "ak": cred.access_key, "sk": cred.secret_key,
-           "project_id": cred.project_id}
+    doc = {
+        "endpoint": settings.endpoint,
+        "region": settings.region,
+        "ak": cred.access_key,
+        "sk": cred.secret_key,
+        "project_id": cred.project_id,
+    }
     if existing != doc:
         write_private(settings.credentials_file, json.dumps(doc, indent=2) + "\n")
     return cred

@@ -55,7 +55,13 @@ class QuotaExceeded(ApiError):
 
 
 # Per-service codes for a malformed or invalid request, chosen by the path's service.
-_BAD_REQUEST_CODES = {"ecs": "Ecs.0005", "vpc": "VPC.0002", "ims": "IMG.0001", "evs": "EVS.2024", "jobs": "Ecs.0005"}
+_BAD_REQUEST_CODES = {
+    "ecs": "Ecs.0005",
+    "vpc": "VPC.0002",
+    "ims": "IMG.0001",
+    "evs": "EVS.2024",
+    "jobs": "Ecs.0005",
+}
 
 
 def service_of_path(path: str) -> str:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.memtrim import start_idle_trimmer
 from controller import bootstrap
 from controller.api import (
     flavors,
@@ -84,11 +85,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            err = ApiError(f"The API {request.method} {request.url.path} does not exist", code="APIGW.0101",
-                           status=404)
+            err = ApiError(
+                f"The API {request.method} {request.url.path} does not exist", code="APIGW.0101", status=404
+            )
         elif exc.status_code == 405:
-            err = ApiError(f"Method {request.method} is not allowed on {request.url.path}", code="APIGW.0101",
-                           status=405)
+            err = ApiError(
+                f"Method {request.method} is not allowed on {request.url.path}", code="APIGW.0101", status=405
+            )
         else:
             err = ApiError(str(exc.detail), code=f"APIGW.{exc.status_code:04d}", status=exc.status_code)
         return JSONResponse(err.body(), status_code=err.status)
@@ -96,8 +99,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        err = ApiError(f"Internal error (request {request_id_var.get()}); see the controller log", code="Ecs.0001",
-                       status=500)
+        err = ApiError(
+            f"Internal error (request {request_id_var.get()}); see the controller log",
+            code="Ecs.0001",
+            status=500,
+        )
         return JSONResponse(err.body(), status_code=500)
 
 
@@ -108,8 +114,13 @@ def build_context(settings: Settings) -> ControllerContext:
     create_schema(engine)
     token = bootstrap.ensure_join_token(settings)
     bootstrap.ensure_admin_credentials(settings, engine)
-    return ControllerContext(settings=settings, engine=engine, credentials=CredentialCache(engine), join_token=token,
-                             agents=AgentClients(token))
+    return ControllerContext(
+        settings=settings,
+        engine=engine,
+        credentials=CredentialCache(engine),
+        join_token=token,
+        agents=AgentClients(token),
+    )
 
 
 def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> FastAPI:
@@ -123,13 +134,16 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         from controller.services.image_store import register_seed_image
 
         register_seed_image(ctx)
+        stop_trimming = start_idle_trimmer()
         if run_jobs:
-            ctx.workers = JobWorkers(ctx, settings.job_workers, settings.job_lease_seconds,
-                                     settings.job_max_attempts)
+            ctx.workers = JobWorkers(
+                ctx, settings.job_workers, settings.job_lease_seconds, settings.job_max_attempts
+            )
             ctx.workers.start()
         try:
             yield
         finally:
+            stop_trimming.set()
             if ctx.workers is not None:
                 ctx.workers.stop()
             ctx.engine.dispose()

@@ -10,14 +10,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BUILD, ACTIVE, SHUTOFF, REBOOT, HARD_REBOOT, ERROR, DELETED = (
-    "BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "HARD_REBOOT", "ERROR", "DELETED",
+    "BUILD",
+    "ACTIVE",
+    "SHUTOFF",
+    "REBOOT",
+    "HARD_REBOOT",
+    "ERROR",
+    "DELETED",
 )
 STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, HARD_REBOOT, ERROR, DELETED)
 
 # Huawei/Nova power_state codes for OS-EXT-STS:power_state.
 POWER_STATE = {BUILD: 0, ACTIVE: 1, SHUTOFF: 4, REBOOT: 1, HARD_REBOOT: 1, ERROR: 0, DELETED: 0}
-VM_STATE = {BUILD: "building", ACTIVE: "active", SHUTOFF: "stopped", REBOOT: "active", HARD_REBOOT: "active",
-            ERROR: "error", DELETED: "deleted"}
+VM_STATE = {
+    BUILD: "building",
+    ACTIVE: "active",
+    SHUTOFF: "stopped",
+    REBOOT: "active",
+    HARD_REBOOT: "active",
+    ERROR: "error",
+    DELETED: "deleted",
+}
 
 
 @dataclass(frozen=True)
@@ -42,8 +55,14 @@ TRANSITIONS: dict[str, Transition] = {
     )
 }
 
-_VERB = {"start": "started", "stop": "stopped", "reboot_soft": "rebooted", "reboot_hard": "rebooted",
-         "delete": "deleted", "create": "created"}
+_VERB = {
+    "start": "started",
+    "stop": "stopped",
+    "reboot_soft": "rebooted",
+    "reboot_hard": "rebooted",
+    "delete": "deleted",
+    "create": "created",
+}
 
 
 def transition(action: str) -> Transition:

@@ -71,6 +71,9 @@ class HostNetwork:
         self._firewall = Firewall()
         self._lock = threading.RLock()
         self._checked = False
+        # VPCs this process has fully ensured, with the router that serves them: an unchanged spec whose
+        # router and bridge are still there needs no netlink, sysctl or dnsmasq work (the create fast path).
+        self._ready: dict[str, tuple[NetworkSpec, Router]] = {}
 
     def check(self) -> None:
         """Prerequisites: the tools, and br_netfilter passing bridged IP to iptables (else no SG works)."""
@@ -90,6 +93,9 @@ class HostNetwork:
         _validate(spec)
         self._require_checked()
         with self._lock:
+            if self._still_ready(spec):
+                return
+            self._ready.pop(spec.vpc_id, None)
             self._check_name_clash(spec.vpc_id)
             record = self._store.load(spec.vpc_id)
             holder = self._live_router(spec.vpc_id, record)
@@ -103,6 +109,7 @@ class HostNetwork:
                 dnsmasq.ensure(spec, holder)
             else:
                 dnsmasq.stop()
+            self._ready[spec.vpc_id] = (spec, holder)
             log.info(
                 "vpc %s: network ready (%d subnets, router pid %s)",
                 spec.vpc_id,
@@ -113,6 +120,7 @@ class HostNetwork:
     def delete_network(self, vpc_id: str) -> None:
         """Remove the VPC's bridge, router namespace, dnsmasq, routes and files; nothing to do is fine."""
         with self._lock:
+            self._ready.pop(vpc_id, None)
             record = self._store.load(vpc_id)
             holder = self._live_router(vpc_id, record)
             if not self._name_taken_by_other(vpc_id):
@@ -157,6 +165,7 @@ class HostNetwork:
     def teardown_all(self) -> None:
         """Remove every labcloud bridge, router namespace, dnsmasq, chain and ipset here, and the records."""
         with self._lock:
+            self._ready.clear()
             failures: list[str] = []
             holders = router.find(self._owner)
             for vpc_id in self._store.ids():
@@ -192,6 +201,13 @@ class HostNetwork:
     def _require_checked(self) -> None:
         if not self._checked:
             self.check()
+
+    def _still_ready(self, spec: NetworkSpec) -> bool:
+        ready = self._ready.get(spec.vpc_id)
+        if ready is None or ready[0] != spec or not router.is_alive(ready[1], spec.vpc_id, self._owner):
+            return False
+        with links.netlink() as host:
+            return links.index(host, names.bridge_name(spec.vpc_id)) is not None
 
     def _live_router(self, vpc_id: str, record: NetworkRecord | None) -> Router | None:
         if (

@@ -32,9 +32,16 @@ def register_host(info: HostInfo, request: Request) -> dict[str, str]:
     with session_scope(ctx.engine) as session:
         host = session.get(Host, info.host_id)
         if host is None:
-            host = Host(id=info.host_id, hostname=info.hostname, url=info.url, accelerator=info.accelerator,
-                        vcpus=info.vcpus, memory_mib=info.memory_mib, disk_gib=info.disk_gib,
-                        availability_zone=info.availability_zone)
+            host = Host(
+                id=info.host_id,
+                hostname=info.hostname,
+                url=info.url,
+                accelerator=info.accelerator,
+                vcpus=info.vcpus,
+                memory_mib=info.memory_mib,
+                disk_gib=info.disk_gib,
+                availability_zone=info.availability_zone,
+            )
         host.hostname, host.url, host.accelerator = info.hostname, info.url, info.accelerator
         host.vcpus, host.memory_mib, host.disk_gib = info.vcpus, info.memory_mib, info.disk_gib
         host.availability_zone = info.availability_zone
@@ -46,10 +53,19 @@ def register_host(info: HostInfo, request: Request) -> dict[str, str]:
 
 def host_view(host: Host, dead_after: float) -> dict[str, Any]:
     age = (utcnow() - host.last_heartbeat).total_seconds()
-    return {"id": host.id, "hostname": host.hostname, "url": host.url, "accelerator": host.accelerator,
-            "vcpus": host.vcpus, "memory_mib": host.memory_mib, "disk_gib": host.disk_gib,
-            "availability_zone": host.availability_zone, "enabled": host.enabled,
-            "state": "up" if age <= dead_after else "down", "last_heartbeat": iso_z(host.last_heartbeat)}
+    return {
+        "id": host.id,
+        "hostname": host.hostname,
+        "url": host.url,
+        "accelerator": host.accelerator,
+        "vcpus": host.vcpus,
+        "memory_mib": host.memory_mib,
+        "disk_gib": host.disk_gib,
+        "availability_zone": host.availability_zone,
+        "enabled": host.enabled,
+        "state": "up" if age <= dead_after else "down",
+        "last_heartbeat": iso_z(host.last_heartbeat),
+    }
 
 
 @router.get("/v1/admin/hosts")

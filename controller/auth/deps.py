@@ -54,8 +54,11 @@ class CredentialCache:
             with self._lock:
                 self._entries.pop(access_key, None)
             return None
-        entry = _CachedKey(cred.secret_key, Caller(cred.access_key, cred.project_id, cred.user_id, cred.is_admin),
-                           time.monotonic())
+        entry = _CachedKey(
+            cred.secret_key,
+            Caller(cred.access_key, cred.project_id, cred.user_id, cred.is_admin),
+            time.monotonic(),
+        )
         with self._lock:
             self._entries[access_key] = entry
         return entry
@@ -68,7 +71,9 @@ class CredentialCache:
 async def authenticate(request: Request) -> Caller:
     header = request.headers.get("authorization")
     if not header:
-        raise Unauthorized("Missing Authorization header: requests must be signed with AK/SK (SDK-HMAC-SHA256)")
+        raise Unauthorized(
+            "Missing Authorization header: requests must be signed with AK/SK (SDK-HMAC-SHA256)"
+        )
     try:
         auth = signature.parse_authorization(header)
     except signature.SignatureError as exc:
@@ -83,16 +88,23 @@ async def authenticate(request: Request) -> Caller:
     raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
     try:
         signature.verify(
-            secret_key=entry.secret_key, auth=auth, method=request.method, path=raw_path,
-            query=parse_qsl(request.url.query, keep_blank_values=True), headers=request.headers,
-            body=await request.body(), now=datetime.now(UTC),
+            secret_key=entry.secret_key,
+            auth=auth,
+            method=request.method,
+            path=raw_path,
+            query=parse_qsl(request.url.query, keep_blank_values=True),
+            headers=request.headers,
+            body=await request.body(),
+            now=datetime.now(UTC),
             max_skew_seconds=ctx.settings.signature_skew_seconds,
         )
     except signature.SignatureError as exc:
         raise Unauthorized(f"Incorrect IAM authentication information: {exc}") from None
     header_project = request.headers.get("x-project-id")
     if header_project and header_project != entry.caller.project_id and not entry.caller.is_admin:
-        raise Forbidden(f"X-Project-Id {header_project} is not the project of this access key", code="APIGW.0302")
+        raise Forbidden(
+            f"X-Project-Id {header_project} is not the project of this access key", code="APIGW.0302"
+        )
     return entry.caller
 
 

@@ -50,8 +50,14 @@ def canonical_request(
     lowered = {k.lower(): v for k, v in headers.items()}
     header_block = "".join(f"{name}:{lowered.get(name, '').strip()}\n" for name in signed_headers)
     return "\n".join(
-        [method.upper(), canonical_uri(path), canonical_query(query), header_block, ";".join(signed_headers),
-         body_sha256]
+        [
+            method.upper(),
+            canonical_uri(path),
+            canonical_query(query),
+            header_block,
+            ";".join(signed_headers),
+            body_sha256,
+        ]
     )
 
 
@@ -110,8 +116,12 @@ def verify(
     except ValueError:
         raise SignatureError(f"X-Sdk-Date {sdk_date!r} is not of the form YYYYMMDDTHHMMSSZ") from None
     if abs((now - signed_at).total_seconds()) > max_skew_seconds:
-        raise SignatureError(f"X-Sdk-Date {sdk_date} is more than {max_skew_seconds} s from the server's clock")
-    canonical = canonical_request(method, path, query, lowered, auth.signed_headers, body_digest(lowered, body))
+        raise SignatureError(
+            f"X-Sdk-Date {sdk_date} is more than {max_skew_seconds} s from the server's clock"
+        )
+    canonical = canonical_request(
+        method, path, query, lowered, auth.signed_headers, body_digest(lowered, body)
+    )
     expected = compute_signature(secret_key, string_to_sign(sdk_date, canonical))
     if not hmac.compare_digest(expected, auth.signature.lower()):
         raise SignatureError("the request signature does not match")

@@ -18,13 +18,28 @@ from controller.models.common import utcnow
 from controller.models.job import FAIL, FINISHED, INIT, RUNNING, SUCCESS, Job
 
 
-def new_job(project_id: str, kind: str, *, payload: dict[str, Any] | None = None, parent_id: str | None = None,
-            entities: dict[str, Any] | None = None, request_id: str | None = None) -> Job:
-    return Job(project_id=project_id, kind=kind, payload=payload or {}, parent_id=parent_id,
-               entities=entities or {}, request_id=request_id)
+def new_job(
+    project_id: str,
+    kind: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    parent_id: str | None = None,
+    entities: dict[str, Any] | None = None,
+    request_id: str | None = None,
+) -> Job:
+    return Job(
+        project_id=project_id,
+        kind=kind,
+        payload=payload or {},
+        parent_id=parent_id,
+        entities=entities or {},
+        request_id=request_id,
+    )
 
 
-def claim_next(engine: Engine, kinds: list[str], owner: str, lease_seconds: float, limit: int = 8) -> Job | None:
+def claim_next(
+    engine: Engine, kinds: list[str], owner: str, lease_seconds: float, limit: int = 8
+) -> Job | None:
     """Claim one runnable job (INIT, or RUNNING with an expired lease) for `owner`, or return None."""
     now = utcnow()
     with Session(engine, expire_on_commit=False) as session:
@@ -40,8 +55,12 @@ def claim_next(engine: Engine, kinds: list[str], owner: str, lease_seconds: floa
                 update(Job)
                 .where(col(Job.id) == job_id, col(Job.status) == status)
                 .where(or_(col(Job.lease_until).is_(None), col(Job.lease_until) < now))
-                .values(status=RUNNING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
-                        attempts=Job.attempts + 1)
+                .values(
+                    status=RUNNING,
+                    lease_owner=owner,
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                    attempts=Job.attempts + 1,
+                )
             )
             if session.exec(stmt).rowcount == 1:  # type: ignore[call-overload]
                 job = session.get(Job, job_id)
@@ -68,8 +87,16 @@ def renew_lease(engine: Engine, job_id: str, owner: str, lease_seconds: float) -
         return bool(session.exec(stmt).rowcount)  # type: ignore[call-overload]
 
 
-def finish(engine: Engine, job_id: str, owner: str, *, status: str, entities: dict[str, Any] | None = None,
-           error_code: str | None = None, fail_reason: str | None = None) -> None:
+def finish(
+    engine: Engine,
+    job_id: str,
+    owner: str,
+    *,
+    status: str,
+    entities: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    fail_reason: str | None = None,
+) -> None:
     """Record the outcome of a job this owner holds, then update its parent."""
     assert status in FINISHED
     with session_scope(engine) as session:
@@ -120,4 +147,6 @@ def rollup_parent(session: Session, parent_id: str) -> None:
 
 
 def children_of(session: Session, parent_id: str) -> list[Job]:
-    return list(session.exec(select(Job).where(Job.parent_id == parent_id).order_by(col(Job.created_at))).all())
+    return list(
+        session.exec(select(Job).where(Job.parent_id == parent_id).order_by(col(Job.created_at))).all()
+    )

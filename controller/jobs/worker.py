@@ -44,8 +44,9 @@ class JobWorkers:
         self._wake = threading.Condition()
         self._pending = 0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, name=f"job-worker-{i}", daemon=True)
-                         for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"job-worker-{i}", daemon=True) for i in range(threads)
+        ]
 
     def start(self) -> None:
         for t in self._threads:
@@ -87,14 +88,19 @@ class JobWorkers:
         renewer.start()
         try:
             if job.attempts > self.max_attempts:
-                raise JobFailed("Ecs.0010", f"gave up after {self.max_attempts} attempts: the job was interrupted "
-                                            "each time (controller restart or crash)")
+                raise JobFailed(
+                    "Ecs.0010",
+                    f"gave up after {self.max_attempts} attempts: the job was interrupted "
+                    "each time (controller restart or crash)",
+                )
             log.info("job %s (%s) attempt %d started", job.id, job.kind, job.attempts)
             entities = handler.run(jctx) or {}
             queue.finish(self.ctx.engine, job.id, self.owner, status=SUCCESS, entities=entities)
             log.info("job %s (%s) succeeded", job.id, job.kind)
         except Exception as exc:
-            code, reason = (exc.code, exc.reason) if isinstance(exc, JobFailed) else ("Ecs.0010", _describe(exc))
+            code, reason = (
+                (exc.code, exc.reason) if isinstance(exc, JobFailed) else ("Ecs.0010", _describe(exc))
+            )
             if not isinstance(exc, JobFailed):
                 log.exception("job %s (%s) failed unexpectedly", job.id, job.kind)
             else:
@@ -110,7 +116,9 @@ class JobWorkers:
                 on_fail(jctx, code, reason)
         except Exception:
             log.exception("cleanup after failed job %s raised", jctx.job.id)
-        queue.finish(self.ctx.engine, jctx.job.id, self.owner, status=FAIL, error_code=code, fail_reason=reason)
+        queue.finish(
+            self.ctx.engine, jctx.job.id, self.owner, status=FAIL, error_code=code, fail_reason=reason
+        )
 
 
 def _describe(exc: BaseException) -> str:
@@ -138,7 +146,8 @@ class _LeaseRenewer:
         interval = self.workers.lease_seconds / 3
         while not self._done.wait(interval):
             try:
-                queue.renew_lease(self.workers.ctx.engine, self.job_id, self.workers.owner,
-                                  self.workers.lease_seconds)
+                queue.renew_lease(
+                    self.workers.ctx.engine, self.job_id, self.workers.owner, self.workers.lease_seconds
+                )
             except Exception:
                 log.exception("renewing the lease of job %s failed", self.job_id)

@@ -7,8 +7,13 @@ import pytest
 from controller import state
 
 ALLOWED = {
-    ("SHUTOFF", "start"), ("ACTIVE", "stop"), ("ACTIVE", "reboot_soft"), ("ACTIVE", "reboot_hard"),
-    ("ACTIVE", "delete"), ("SHUTOFF", "delete"), ("ERROR", "delete"),
+    ("SHUTOFF", "start"),
+    ("ACTIVE", "stop"),
+    ("ACTIVE", "reboot_soft"),
+    ("ACTIVE", "reboot_hard"),
+    ("ACTIVE", "delete"),
+    ("SHUTOFF", "delete"),
+    ("ERROR", "delete"),
 }
 
 

@@ -15,9 +15,19 @@ from controller.services.power_sync import apply_power_report
 
 
 def _server(status: str, *, task: str | None = None, age: float = 60, host: str = "h1") -> Server:
-    return Server(project_id="p", name="s", status=status, task_state=task, flavor_id="f", image_id="i",
-                  host_id=host, availability_zone="az", vpc_id="v", root_volume_size=1,
-                  updated_at=utcnow() - timedelta(seconds=age))
+    return Server(
+        project_id="p",
+        name="s",
+        status=status,
+        task_state=task,
+        flavor_id="f",
+        image_id="i",
+        host_id=host,
+        availability_zone="az",
+        vpc_id="v",
+        root_volume_size=1,
+        updated_at=utcnow() - timedelta(seconds=age),
+    )
 
 
 def test_only_settled_servers_on_the_reporting_host_follow_the_guest(tmp_path: Path) -> None:
@@ -35,13 +45,19 @@ def test_only_settled_servers_on_the_reporting_host_follow_the_guest(tmp_path: P
         for row in rows.values():
             session.add(row)
     reports = [ServerState(id=rows["started"].id, power="running")] + [
-        ServerState(id=rows[k].id, power="shutoff") for k in ("powered_off", "busy", "fresh", "elsewhere",
-                                                                "building")
+        ServerState(id=rows[k].id, power="shutoff")
+        for k in ("powered_off", "busy", "fresh", "elsewhere", "building")
     ]
     with session_scope(engine) as session:
         assert apply_power_report(session, "h1", reports) == 2
     with Session(engine) as session:
         status = {k: session.get(Server, r.id).status for k, r in rows.items()}  # type: ignore[union-attr]
-    assert status == {"powered_off": "SHUTOFF", "started": "ACTIVE", "busy": "ACTIVE", "fresh": "ACTIVE",
-                      "elsewhere": "ACTIVE", "building": "BUILD"}
+    assert status == {
+        "powered_off": "SHUTOFF",
+        "started": "ACTIVE",
+        "busy": "ACTIVE",
+        "fresh": "ACTIVE",
+        "elsewhere": "ACTIVE",
+        "building": "BUILD",
+    }
     engine.dispose()
