@@ -19,9 +19,9 @@ readonly VENV="$REPO/.venv"
 readonly IMAGE_CACHE="${LABCLOUD_IMAGE_CACHE:-/var/cache/labcloud/images}"
 readonly LOG="${LABCLOUD_INSTALL_LOG:-$REPO/build/install.log}"
 readonly APT_PACKAGES=(
-    qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config dnsmasq-base
+    qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config dnsmasq-base dnsmasq-utils
     iptables ipset genisoimage syslinux syslinux-common mtools dosfstools fdisk kmod cpio iproute2
-    openssh-client e2fsprogs python3-venv python3-dev gcc busybox procps util-linux
+    openssh-client e2fsprogs python3-venv python3-dev gcc busybox procps util-linux libxml2-utils
 )
 
 for_tests=0

@@ -55,6 +55,9 @@ class AgentSettings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     # How long a soft stop or soft reboot waits for the guest to react to the ACPI button before forcing it.
     acpi_timeout_seconds: float = Field(default=60.0, gt=0)
+    # A VPC's bridge, router and dnsmasq stay this long after its last port on this host goes, so the next
+    # server in that VPC is wired without building them again.
+    network_idle_seconds: float = Field(default=600.0, ge=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -104,6 +104,21 @@ class Heartbeat:
             self._stop.wait(self._interval)
 
 
+def _start_housekeeping(agent: AgentService, every: float = 30.0) -> threading.Event:
+    """Periodic host chores: for now, removing networks that stayed without ports past their grace time."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                agent.collect_idle_networks()
+            except Exception:
+                log.exception("collecting idle networks failed")
+
+    threading.Thread(target=loop, name="agent-housekeeping", daemon=True).start()
+    return stop
+
+
 def create_app(settings: AgentSettings, service: AgentService | None = None) -> FastAPI:
     """Build the agent app; without `service` it is built from `settings` (real libvirt and host network)."""
 
@@ -128,11 +143,13 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
             heartbeat.start()
         app.state.heartbeat = heartbeat
         stop_trimming = start_idle_trimmer()
+        stop_housekeeping = _start_housekeeping(agent)
         log.info("agent %s serving at %s", settings.resolved_host_id, settings.url)
         try:
             yield
         finally:
             stop_trimming.set()
+            stop_housekeeping.set()
             if heartbeat is not None:
                 heartbeat.stop()
             if service is None:

@@ -173,6 +173,7 @@ class AgentService:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._sync_lock = threading.RLock()
+        self._idle_networks: dict[str, float] = {}  # VPC -> when its last port on this host went (monotonic)
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> AgentService:
@@ -340,8 +341,26 @@ class AgentService:
                 self._specs.delete(server_id)
                 with step(server_id, "unwiring ports", NetworkError):
                     self._sync_ports()
-                    self._delete_orphan_networks()
         log.info("server %s deleted", server_id)
+
+    def collect_idle_networks(self) -> list[str]:
+        """Delete the networks no port has used for `network_idle_seconds`; returns their VPC ids."""
+        now = time.monotonic()
+        deleted = []
+        with self._sync_lock:
+            used = {port.vpc_id for spec in self._specs.all() for port in spec.ports}
+            present = set(self._network.network_ids())
+            for vpc_id in present - used:
+                idle_since = self._idle_networks.setdefault(vpc_id, now)
+                if now - idle_since >= self.settings.network_idle_seconds:
+                    self._network.delete_network(vpc_id)
+                    deleted.append(vpc_id)
+            self._idle_networks = {
+                vpc: t
+                for vpc, t in self._idle_networks.items()
+                if vpc in present - used and vpc not in deleted
+            }
+        return deleted
 
     def server_state(self, server_id: str) -> ServerState:
         check_server_id(server_id)

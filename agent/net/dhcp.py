@@ -114,6 +114,15 @@ def render_hosts(hosts: list[DhcpHost]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def _hosts_in(path: Path) -> set[tuple[str, str]]:
+    """(MAC, IP) of every line of a hosts file written by `render_hosts`."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return set()
+    return {(fields[0], fields[1]) for fields in (line.split(",") for line in lines) if len(fields) >= 2}
+
+
 class Dnsmasq:
     """One VPC's dnsmasq. No process handle: the pid file is the truth, so a restarted agent adopts it."""
 
@@ -169,14 +178,27 @@ class Dnsmasq:
         raise NetworkError(f"dnsmasq of VPC {self.vpc_id} did not start; see {self.files.log}")
 
     def set_hosts(self, hosts: list[DhcpHost], router: Router | None) -> None:
-        """Rewrite the hosts file; SIGHUP dnsmasq only if it changed."""
+        """Rewrite the hosts file; SIGHUP dnsmasq only if it changed, and release the leases of removed hosts.
+
+        Leases are infinite and the VPC's dnsmasq outlives its ports, so a removed port's lease must be given
+        back explicitly: else its IP, handed to a new port with another MAC, would be refused as still leased.
+        """
         self.files.directory.mkdir(parents=True, exist_ok=True)
+        before = _hosts_in(self.files.hosts)
         if not write_atomically(self.files.hosts, render_hosts(hosts)):
             return
         pid = self.pid(router) if router is not None else None
-        if pid is not None:
-            log.info("vpc %s: %d DHCP hosts, reloading dnsmasq %s", self.vpc_id, len(hosts), pid)
-            os.kill(pid, signal.SIGHUP)
+        if pid is None or router is None:
+            return
+        log.info("vpc %s: %d DHCP hosts, reloading dnsmasq %s", self.vpc_id, len(hosts), pid)
+        os.kill(pid, signal.SIGHUP)
+        for mac, ip in sorted(before - {(h.mac.lower(), h.ip) for h in hosts}):
+            try:
+                proc.run(
+                    proc.in_netns(router.netns_path, ["dhcp_release", names.ROUTER_GATEWAY_DEV, ip, mac])
+                )
+            except NetworkError as exc:
+                log.warning("vpc %s: could not release the lease of %s (%s): %s", self.vpc_id, ip, mac, exc)
 
     def stop(self) -> None:
         """Stop our dnsmasq wherever it runs (the pid file and its command line identify it)."""

@@ -41,6 +41,7 @@ REQUIRED_TOOLS = (
     "ip6tables-restore",
     "ipset",
     "dnsmasq",
+    "dhcp_release",
     "unshare",
     "nsenter",
     "sysctl",

@@ -7,6 +7,7 @@ error, and a relative path would be resolved from the overlay's directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -90,8 +91,12 @@ def create_overlay(base: Path, target: Path, size_gib: int, *, base_format: str 
     """
     base = Path(base).absolute()
     target = Path(target)
-    base_info = image_info(base, fmt=base_format)
-    check_base_image(base_info)
+    st = base.stat() if base.exists() else None
+    base_info = (
+        _base_info(base, base_format, st.st_mtime_ns, st.st_size)
+        if st is not None
+        else image_info(base, fmt=base_format)
+    )
     size = size_gib * GIB
     if size < base_info.virtual_size:
         raise StorageError(
@@ -116,6 +121,14 @@ def create_overlay(base: Path, target: Path, size_gib: int, *, base_format: str 
     finally:
         tmp.unlink(missing_ok=True)
     log.info("created overlay %s on %s (%s GiB)", target, base.name, size_gib)
+
+
+@functools.lru_cache(maxsize=64)
+def _base_info(base: Path, fmt: str | None, _mtime_ns: int, _size: int) -> ImageInfo:
+    """A checked base image's info, once per file version: bases are immutable, and every create needs it."""
+    info = image_info(base, fmt=fmt)
+    check_base_image(info)
+    return info
 
 
 def remove_disk(path: Path) -> None:

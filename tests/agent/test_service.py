@@ -238,12 +238,33 @@ def test_delete_removes_everything_and_is_idempotent(rig: Rig) -> None:
     rig.service.delete_server("srv-1")
 
     assert_nothing_of(rig, "srv-1")
-    assert rig.network.network_ids() == []
     assert rig.network.ports == []
+    # The VPC's network outlives its last port for a grace time, so the next server there is wired fast.
+    assert rig.network.network_ids() == ["vpc-a"]
     assert (rig.state / "images" / f"{rig.image.checksum}.qcow2").exists()  # the cache stays for the next one
     rig.service.delete_server("srv-1")  # deleting a missing server succeeds
     with pytest.raises(NotFound):
         rig.service.server_state("srv-1")
+
+
+def test_networks_without_ports_are_collected_after_their_grace_time(rig: Rig) -> None:
+    rig.service.ensure_server(make_spec(rig.image, "srv-1", n=1))
+    rig.service.delete_server("srv-1")
+    rig.service.settings.network_idle_seconds = 3600
+    assert rig.service.collect_idle_networks() == []
+    assert rig.network.network_ids() == ["vpc-a"]
+    rig.service.settings.network_idle_seconds = 0
+    assert rig.service.collect_idle_networks() == ["vpc-a"]
+    assert rig.network.network_ids() == []
+
+
+def test_a_network_in_use_again_is_not_collected(rig: Rig) -> None:
+    rig.service.ensure_server(make_spec(rig.image, "srv-1", n=1))
+    rig.service.delete_server("srv-1")
+    rig.service.settings.network_idle_seconds = 0
+    rig.service.ensure_server(make_spec(rig.image, "srv-2", n=2))
+    assert rig.service.collect_idle_networks() == []
+    assert rig.network.network_ids() == ["vpc-a"]
 
 
 def test_delete_keeps_networks_other_servers_use(rig: Rig) -> None:
