@@ -268,6 +268,7 @@ def main() -> None:
         rss = idle_rss_mib(cloud)
         public_key, key = _new_key(Path(cloud.tmp))
         lab = bench_labcloud(cloud, args.runs, public_key, key)
+        rss_after = idle_rss_mib(cloud)
         raw = bench_raw(cloud, args.runs, lab["domain_xml"], public_key, key)
     finally:
         problems = cloud.close()
@@ -282,6 +283,7 @@ def main() -> None:
         "raw_to_ssh_s": round(med(raw["to_ssh"]), 3),
         "idle_rss_mib": {k: round(v, 1) for k, v in rss.items()},
         "idle_rss_total_mib": round(sum(rss.values()), 1),
+        "rss_after_workload_total_mib": round(sum(rss_after.values()), 1),
     }
     result["ratio_active_vs_raw_running"] = round(
         result["labcloud_to_active_s"] / result["raw_to_running_s"], 2
@@ -298,7 +300,8 @@ def main() -> None:
     )
     print(
         f"idle RSS: controller {rss.get('controller', 0):.1f} MiB + agent {rss.get('agent', 0):.1f} MiB = "
-        f"{result['idle_rss_total_mib']:.1f} MiB (bar ≤ 150)"
+        f"{result['idle_rss_total_mib']:.1f} MiB (bar ≤ 150); "
+        f"{result['rss_after_workload_total_mib']:.1f} MiB right after the creates and deletes"
     )
     print(json.dumps(result))
 

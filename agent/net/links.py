@@ -14,10 +14,13 @@ import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-
-from pyroute2 import IPRoute, NetlinkError
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from agent.errors import NetworkError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +28,25 @@ MAIN_TABLE = 254
 RTNH_F_ONLINK = 4
 
 
+def _pyroute2() -> ModuleType:
+    """pyroute2, imported on first use: it adds ~9 MB to a process, and an agent with no VPC network yet (or a
+    simulated host on libvirt's test driver) never needs it."""
+    import pyroute2
+
+    return pyroute2
+
+
 @contextlib.contextmanager
 def netlink(netns_path: str | None = None) -> Iterator[IPRoute]:
     """An IPRoute on the current namespace, or on the one at `netns_path` (e.g. /proc/<pid>/ns/net)."""
     where = netns_path or "the host namespace"
     try:
-        ipr = IPRoute() if netns_path is None else IPRoute(netns=netns_path, flags=0)
-    except (NetlinkError, OSError, RuntimeError) as exc:
+        ipr = _pyroute2().IPRoute() if netns_path is None else _pyroute2().IPRoute(netns=netns_path, flags=0)
+    except (_pyroute2().NetlinkError, OSError, RuntimeError) as exc:
         raise NetworkError(f"cannot open netlink in {where}: {exc}") from exc
     try:
         yield ipr
-    except NetlinkError as exc:
+    except _pyroute2().NetlinkError as exc:
         raise NetworkError(f"netlink request in {where} failed: {exc}") from exc
     finally:
         ipr.close()
@@ -133,7 +144,7 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
         return False
     try:
         ipr.link("del", index=idx)
-    except NetlinkError as exc:
+    except _pyroute2().NetlinkError as exc:
         if exc.code != errno.ENODEV:  # gone in the meantime (its namespace was just freed)
             raise
     log.info("deleted link %s", name)
@@ -173,7 +184,7 @@ def sync_routes(ipr: IPRoute, idx: int, wanted: set[ipaddress.IPv4Network], gate
     for net in sorted(wanted - present):
         try:
             ipr.route("add", dst=str(net), gateway=gateway, oif=idx, flags=RTNH_F_ONLINK)
-        except NetlinkError as exc:
+        except _pyroute2().NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
             log.warning(

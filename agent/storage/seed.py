@@ -24,8 +24,6 @@ from email.mime.multipart import MIMEMultipart
 from pathlib import Path
 from typing import Any
 
-import pycdlib
-
 from agent.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -96,6 +94,8 @@ def build_seed(
 
 def read_seed(path: Path) -> dict[str, str]:
     """Return the seed's files by their long (Joliet) names; for tests and debugging."""
+    import pycdlib
+
     iso = pycdlib.PyCdlib()
     try:
         iso.open(str(path))
@@ -184,6 +184,8 @@ def _text_part(text: str, ctype: str, filename: str) -> Message:
 
 
 def _write_iso(files: dict[str, bytes], out: io.BufferedWriter) -> None:
+    import pycdlib  # on first use, like pyroute2: an idle agent need not carry it
+
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)
     try:
