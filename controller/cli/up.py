@@ -169,10 +169,11 @@ def _wait(stack: Stack, name: str, timeout: float, what: str, ready: Callable[[]
 
 def _stop_daemons(stack: Stack, names: list[str]) -> None:
     for name in names:
-        if name == LIBVIRTD:
-            pid = stack.libvirtd.stop()
-        else:
-            pid = daemon.stop(stack.home.pid_file(name), stack.home.root)
+        pid = (
+            stack.libvirtd.stop()
+            if name == LIBVIRTD
+            else daemon.stop(stack.home.pid_file(name), stack.home.root)
+        )
         if pid is not None:
             say(f"  stopped {name} (pid {pid})")
 

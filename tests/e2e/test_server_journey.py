@@ -114,6 +114,8 @@ def test_create_ssh_power_cycle_and_delete_with_the_sdk(cloud: Any, keypair: tup
     assert not (Path(cloud.home) / "agent" / "instances" / server_id).exists()
     # No DHCP host entry or lease, spec or firewall record names the port any more (logs keep history).
     leftovers = subprocess.run(
-        ["grep", "-rli", "--exclude=*.log", mac, str(Path(cloud.home) / "agent")], capture_output=True, text=True
+        ["grep", "-rli", "--exclude=*.log", mac, str(Path(cloud.home) / "agent")],
+        capture_output=True,
+        text=True,
     ).stdout
     assert leftovers == "", f"the deleted port's MAC is still in {leftovers}"
