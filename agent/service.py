@@ -42,7 +42,7 @@ from agent.schemas import (
 from agent.storage.disks import create_overlay, remove_disk
 from agent.storage.images import ImageCache
 from agent.storage.layout import ensure_instance_dir, image_cache_dir, instance_paths, remove_instance_dir
-from agent.storage.seed import build_seed
+from agent.storage.seed import build_seed, dhcp_network_config
 from agent.virt.accel import detect_accelerator
 from agent.virt.designer import design_domain
 from agent.virt.domain_xml import render_domain
@@ -264,6 +264,7 @@ class AgentService:
                     ssh_keys=spec.ssh_keys,
                     admin_pass=spec.admin_pass,
                     user_data=spec.user_data,
+                    network_config=dhcp_network_config([port.mac for port in spec.ports]),
                 )
 
         self._wire(spec, rollback)

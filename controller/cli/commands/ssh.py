@@ -32,6 +32,8 @@ def ssh_argv(key_file: str, ip: str, command: list[str]) -> list[str]:
         "UserKnownHostsFile=/dev/null",
         "-o",
         "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
         f"root@{ip}",
         *command,
     ]
