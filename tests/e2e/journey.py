@@ -141,6 +141,10 @@ def create_servers(
     return resp.job_id, list(resp.server_ids)
 
 
+def show_job(ecs: Any, job_id: str) -> Any:
+    return ecs.show_job(ShowJobRequest(job_id=job_id))
+
+
 def wait_job(ecs: Any, job_id: str, timeout: float = 600) -> Any:
     deadline = time.monotonic() + timeout
     while True:
