@@ -28,6 +28,9 @@ from agent.schemas import (
     ServerAction,
     ServerSpec,
     ServerState,
+    VolumeAttachment,
+    VolumeSpec,
+    VolumeState,
 )
 from agent.service import SERVER_ID_PATTERN, AgentService, InvalidRequest
 
@@ -162,6 +165,7 @@ class BearerAuthMiddleware:
 
 Service = Annotated[AgentService, Depends(_service)]
 ServerId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
+VolumeId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
 
 router = APIRouter()
 
@@ -209,4 +213,33 @@ def console(
 @router.put("/v1/security-groups", status_code=204)
 def put_security_groups(groups: list[SecurityGroupSpec], service: Service) -> Response:
     service.update_security_groups(groups)
+    return Response(status_code=204)
+
+
+@router.post("/v1/servers/{server_id}/volumes")
+def attach_volume(server_id: ServerId, attachment: VolumeAttachment, service: Service) -> VolumeAttachment:
+    return service.attach_volume(server_id, attachment)
+
+
+@router.delete("/v1/servers/{server_id}/volumes/{volume_id}", status_code=204)
+def detach_volume(server_id: ServerId, volume_id: VolumeId, service: Service) -> Response:
+    service.detach_volume(server_id, volume_id)
+    return Response(status_code=204)
+
+
+@router.put("/v1/volumes/{volume_id}")
+def put_volume(volume_id: VolumeId, spec: VolumeSpec, service: Service) -> VolumeState:
+    if spec.id != volume_id:
+        raise InvalidRequest(f"body id {spec.id!r} does not match path id {volume_id!r}")
+    return service.ensure_volume(spec)
+
+
+@router.get("/v1/volumes/{volume_id}")
+def get_volume(volume_id: VolumeId, service: Service) -> VolumeState:
+    return service.volume_state(volume_id)
+
+
+@router.delete("/v1/volumes/{volume_id}", status_code=204)
+def delete_volume(volume_id: VolumeId, service: Service) -> Response:
+    service.delete_volume(volume_id)
     return Response(status_code=204)

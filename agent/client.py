@@ -19,6 +19,9 @@ from agent.schemas import (
     ServerAction,
     ServerSpec,
     ServerState,
+    VolumeAttachment,
+    VolumeSpec,
+    VolumeState,
 )
 
 log = logging.getLogger(__name__)
@@ -113,6 +116,29 @@ class AgentClient:
     def put_security_groups(self, groups: list[SecurityGroupSpec], *, request_id: str | None = None) -> None:
         body = _GROUPS.dump_python(groups, mode="json")
         self._call("PUT", "/v1/security-groups", json=body, request_id=request_id)
+
+    def put_volume(self, spec: VolumeSpec, *, request_id: str | None = None) -> VolumeState:
+        body = spec.model_dump(mode="json")
+        data = self._call("PUT", f"/v1/volumes/{spec.id}", json=body, request_id=request_id)
+        return VolumeState.model_validate(data)
+
+    def get_volume(self, volume_id: str, *, request_id: str | None = None) -> VolumeState:
+        return VolumeState.model_validate(
+            self._call("GET", f"/v1/volumes/{volume_id}", request_id=request_id)
+        )
+
+    def delete_volume(self, volume_id: str, *, request_id: str | None = None) -> None:
+        self._call("DELETE", f"/v1/volumes/{volume_id}", request_id=request_id)
+
+    def attach_volume(
+        self, server_id: str, attachment: VolumeAttachment, *, request_id: str | None = None
+    ) -> VolumeAttachment:
+        body = attachment.model_dump(mode="json")
+        data = self._call("POST", f"/v1/servers/{server_id}/volumes", json=body, request_id=request_id)
+        return VolumeAttachment.model_validate(data)
+
+    def detach_volume(self, server_id: str, volume_id: str, *, request_id: str | None = None) -> None:
+        self._call("DELETE", f"/v1/servers/{server_id}/volumes/{volume_id}", request_id=request_id)
 
     def _call(
         self,

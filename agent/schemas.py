@@ -70,6 +70,14 @@ class ImageRef(BaseModel):
     min_disk_gib: int = 0
 
 
+class VolumeAttachment(BaseModel):
+    """A data volume plugged into a server: which file (by volume id), as which guest disk."""
+
+    volume_id: str
+    device: str = Field(pattern=r"^vd[b-z]$")  # the libvirt target; the guest names it by probe order
+    serial: str = Field(max_length=20)  # /sys/block/vdX/serial in the guest; virtio keeps 20 characters
+
+
 class ServerSpec(BaseModel):
     """The whole desired server. `PUT /v1/servers/{id}` makes the host match it."""
 
@@ -88,12 +96,28 @@ class ServerSpec(BaseModel):
     admin_pass: str | None = None
     user_data: str | None = None  # decoded text, as the guest should receive it
     power: Literal["running", "shutoff"] = "running"
+    # None keeps the volumes the host already has for this server (a controller that does not track them);
+    # a list is the whole desired set, used when the domain is (re)defined.
+    volumes: list[VolumeAttachment] | None = None
 
 
 class ServerState(BaseModel):
     id: str
     power: PowerState
     accelerator: str | None = None
+
+
+class VolumeSpec(BaseModel):
+    """A data volume on one host: a qcow2 file of `size_gib`. `PUT /v1/volumes/{id}` makes sure it exists."""
+
+    id: str
+    size_gib: int = Field(ge=1)
+
+
+class VolumeState(BaseModel):
+    id: str
+    size_gib: int
+    server_id: str | None = None  # the server on this host whose spec attaches it
 
 
 class ServerAction(BaseModel):

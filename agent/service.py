@@ -12,6 +12,7 @@ one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent.config import AgentSettings
-from agent.errors import AgentFailure, NetworkError, NotFound, StorageError, VirtError
+from agent.errors import AgentFailure, Conflict, NetworkError, NotFound, StorageError, VirtError
 from agent.net.names import bridge_name, tap_name
 from agent.net.network import HostNetwork, Network, NullNetwork
 from agent.net.ports import BoundPort
@@ -38,14 +39,24 @@ from agent.schemas import (
     ServerAction,
     ServerSpec,
     ServerState,
+    VolumeAttachment,
+    VolumeSpec,
+    VolumeState,
 )
-from agent.storage.disks import create_overlay, remove_disk
+from agent.storage.disks import create_overlay, create_volume, image_info, remove_disk
 from agent.storage.images import ImageCache
-from agent.storage.layout import ensure_instance_dir, image_cache_dir, instance_paths, remove_instance_dir
+from agent.storage.layout import (
+    ensure_instance_dir,
+    ensure_volumes_dir,
+    image_cache_dir,
+    instance_paths,
+    remove_instance_dir,
+    volume_path,
+)
 from agent.storage.seed import build_seed, dhcp_network_config
 from agent.virt.accel import detect_accelerator
 from agent.virt.designer import design_domain
-from agent.virt.domain_xml import render_domain
+from agent.virt.domain_xml import DiskSpec, render_disk_device, render_domain
 from agent.virt.host import LibvirtHost
 
 log = logging.getLogger(__name__)
@@ -227,6 +238,9 @@ class AgentService:
         """Make the host match `spec`. Idempotent; a failure undoes what this call made and names the step."""
         check_server_id(spec.id)
         with self._server_lock(spec.id):
+            stored = self._specs.get(spec.id) if spec.volumes is None else None
+            if stored is not None and stored.volumes:  # volumes left to the host: keep the ones it attached
+                spec = spec.model_copy(update={"volumes": stored.volumes})
             rollback = Rollback(spec.id)
             try:
                 self._ensure(spec, rollback)
@@ -279,7 +293,8 @@ class AgentService:
                     console_log=paths.console_log,
                     nic_names=_nic_names,
                 )
-                xml = render_domain(domain)
+                extra = tuple(self._volume_disk(att) for att in spec.volumes or [])
+                xml = render_domain(dataclasses.replace(domain, disks=domain.disks + extra))
                 log.debug("server %s domain XML:\n%s", sid, xml)
                 rollback.add("undefine domain", lambda: self._host.undefine(sid))
                 self._host.define(xml)
@@ -343,6 +358,96 @@ class AgentService:
                 with step(server_id, "unwiring ports", NetworkError):
                     self._sync_ports()
         log.info("server %s deleted", server_id)
+
+    # ---- volumes -------------------------------------------------------------------------------------------
+
+    def ensure_volume(self, spec: VolumeSpec) -> VolumeState:
+        """Make sure the volume's qcow2 exists (an existing one is kept with its data). Idempotent."""
+        check_server_id(spec.id)
+        path = volume_path(self.state_dir, spec.id)
+        with self._server_lock(_volume_key(spec.id)), step(spec.id, "creating volume", StorageError):
+            ensure_volumes_dir(self.state_dir)
+            create_volume(path, spec.size_gib)
+        return self.volume_state(spec.id)
+
+    def volume_state(self, volume_id: str) -> VolumeState:
+        check_server_id(volume_id)
+        path = volume_path(self.state_dir, volume_id)
+        if not path.exists():
+            raise NotFound(f"volume {volume_id} not found on this host")
+        size = image_info(path, fmt="qcow2").virtual_size
+        return VolumeState(id=volume_id, size_gib=size // GIB, server_id=self._volume_holder(volume_id))
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Remove the volume's file; Conflict while a server on this host attaches it. A missing one is fine."""
+        check_server_id(volume_id)
+        with self._server_lock(_volume_key(volume_id)):
+            holder = self._volume_holder(volume_id)
+            if holder is not None:
+                raise Conflict(f"volume {volume_id} is attached to server {holder}; detach it first")
+            with step(volume_id, "removing volume", StorageError):
+                remove_disk(volume_path(self.state_dir, volume_id))
+        log.info("volume %s deleted", volume_id)
+
+    def attach_volume(self, server_id: str, attachment: VolumeAttachment) -> VolumeAttachment:
+        """Plug an existing volume into the server: hot (live and config) when it runs, config when it is off.
+
+        The stored spec records the attachment first, so a restart or a redefined domain keeps it. Idempotent.
+        """
+        check_server_id(server_id)
+        check_server_id(attachment.volume_id)
+        vid = attachment.volume_id
+        with self._server_lock(server_id):
+            spec = self._require_spec(server_id)
+            path = volume_path(self.state_dir, vid)
+            if not path.exists():
+                raise NotFound(f"volume {vid} not found on this host")
+            holder = self._volume_holder(vid)
+            if holder not in (None, server_id):
+                raise Conflict(f"volume {vid} is attached to server {holder}")
+            current = spec.volumes or []
+            for other in current:
+                if other.device == attachment.device and other.volume_id != vid:
+                    raise Conflict(f"server {server_id}: {attachment.device} holds volume {other.volume_id}")
+                if other.volume_id == vid and other.device != attachment.device:
+                    raise Conflict(f"server {server_id}: volume {vid} is already attached as {other.device}")
+            power = self._host.power_state(server_id)
+            if power == "missing":
+                raise NotFound(f"server {server_id} has no domain on this host")
+            kept = [att for att in current if att.volume_id != vid]
+            self._specs.put(spec.model_copy(update={"volumes": [*kept, attachment]}))
+            try:
+                xml = render_disk_device(self._volume_disk(attachment))
+                with step(server_id, f"attaching volume {vid}", VirtError):
+                    self._host.attach_disk(server_id, xml, live=power in _ACTIVE)
+            except BaseException:
+                self._specs.put(spec)
+                raise
+        log.info("server %s: volume %s attached as %s (%s)", server_id, vid, attachment.device, power)
+        return attachment
+
+    def detach_volume(self, server_id: str, volume_id: str) -> None:
+        """Unplug the volume (waiting for the guest to release it); a volume not attached is already done."""
+        check_server_id(server_id)
+        check_server_id(volume_id)
+        with self._server_lock(server_id):
+            spec = self._require_spec(server_id)
+            attachment = next((a for a in spec.volumes or [] if a.volume_id == volume_id), None)
+            if attachment is None:
+                log.info("server %s: volume %s is not attached; nothing to detach", server_id, volume_id)
+                return
+            power = self._host.power_state(server_id)
+            if power != "missing":
+                with step(server_id, f"detaching volume {volume_id}", VirtError):
+                    self._host.detach_disk(
+                        server_id,
+                        attachment.device,
+                        live=power in _ACTIVE,
+                        timeout=self.settings.acpi_timeout_seconds,
+                    )
+            kept = [a for a in spec.volumes or [] if a.volume_id != volume_id]
+            self._specs.put(spec.model_copy(update={"volumes": kept}))
+        log.info("server %s: volume %s detached from %s", server_id, volume_id, attachment.device)
 
     def collect_idle_networks(self) -> list[str]:
         """Delete the networks no port has used for `network_idle_seconds`; returns their VPC ids."""
@@ -458,6 +563,26 @@ class AgentService:
             raise NotFound(f"server {server_id} not found on this host")
         return ServerState(id=server_id, power=power, accelerator=self.accelerator)
 
+    def _require_spec(self, server_id: str) -> ServerSpec:
+        spec = self._specs.get(server_id)
+        if spec is None:
+            raise NotFound(f"server {server_id} not found on this host")
+        return spec
+
+    def _volume_holder(self, volume_id: str) -> str | None:
+        """The server whose stored spec attaches the volume, if any."""
+        for spec in self._specs.all():
+            if any(att.volume_id == volume_id for att in spec.volumes or []):
+                return spec.id
+        return None
+
+    def _volume_disk(self, attachment: VolumeAttachment) -> DiskSpec:
+        return DiskSpec(
+            source=volume_path(self.state_dir, attachment.volume_id),
+            target=attachment.device,
+            serial=attachment.serial,
+        )
+
     def _stop(self, server_id: str, *, hard: bool) -> None:
         if hard:
             self._host.destroy(server_id)
@@ -487,6 +612,11 @@ class AgentService:
         for vpc_id in candidates:
             if vpc_id not in used:
                 self._network.delete_network(vpc_id)
+
+
+def _volume_key(volume_id: str) -> str:
+    """Lock key of a volume; distinct from every server id (those never contain ':')."""
+    return f"volume:{volume_id}"
 
 
 def _nic_names(port: PortSpec) -> tuple[str, str]:

@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     job_max_attempts: int = 3
     host_dead_seconds: float = 45.0
     max_servers_per_request: int = 20
+    # Quota defaults for every project (an admin can override them per project; -1 is unlimited).
+    quota_instances: int = 20
+    quota_cores: int = 40
+    quota_ram_mib: int = 51200
+    quota_security_groups: int = 100
+    quota_key_pairs: int = 100
+    client_token_hours: float = 8.0  # how long a create's X-Client-Token replays the same answer
 
     @property
     def controller_dir(self) -> Path:

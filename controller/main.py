@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent.memtrim import start_idle_trimmer
 from controller import bootstrap
 from controller.api import (
+    admin,
     flavors,
     images,
     internal,
@@ -23,8 +24,10 @@ from controller.api import (
     keypairs,
     security_groups,
     server_actions,
+    server_volumes,
     servers,
     subnets,
+    volumes,
     vpcs,
 )
 from controller.auth.deps import CredentialCache
@@ -36,7 +39,21 @@ from controller.logs import request_id_var
 
 log = logging.getLogger(__name__)
 
-ROUTERS = [internal, jobs, flavors, keypairs, servers, server_actions, vpcs, subnets, security_groups, images]
+ROUTERS = [
+    internal,
+    admin,
+    jobs,
+    flavors,
+    keypairs,
+    servers,
+    server_actions,
+    server_volumes,
+    volumes,
+    vpcs,
+    subnets,
+    security_groups,
+    images,
+]
 
 
 class RequestIdMiddleware:

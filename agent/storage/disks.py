@@ -131,6 +131,42 @@ def _base_info(base: Path, fmt: str | None, _mtime_ns: int, _size: int) -> Image
     return info
 
 
+def create_volume(path: Path, size_gib: int) -> None:
+    """Create `path` as an empty qcow2 data volume of `size_gib` GiB.
+
+    Idempotent: an existing standalone qcow2 is kept as it is (its data is the user's, and it may have been
+    extended since); anything else there is an error, never overwritten. Appears atomically, like overlays.
+    """
+    path = Path(path)
+    if _keep_volume(path, size_gib):
+        return
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        _qemu_img("create", "-q", "-f", "qcow2", str(tmp), f"{size_gib}G")
+        os.link(tmp, path)
+    except FileExistsError:
+        if _keep_volume(path, size_gib):
+            return
+        raise StorageError(f"{path} appeared while it was being created") from None
+    except OSError as exc:
+        raise StorageError(f"cannot create volume {path}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("created volume %s (%s GiB)", path, size_gib)
+
+
+def _keep_volume(path: Path, size_gib: int) -> bool:
+    """True if `path` already is a standalone qcow2; an error if it is something else."""
+    if not path.exists():
+        return False
+    current = image_info(path, fmt="qcow2")
+    if current.backing_file is not None or current.data_file is not None:
+        raise StorageError(f"{path} exists but is not a standalone qcow2 volume")
+    if current.virtual_size != size_gib * GIB:
+        log.info("keeping volume %s at %s bytes (asked %s GiB)", path, current.virtual_size, size_gib)
+    return True
+
+
 def remove_disk(path: Path) -> None:
     """Delete a disk file; a missing file is already the wanted state."""
     try:

@@ -10,6 +10,9 @@ Everything lives under one state directory (``LABCLOUD_AGENT_STATE_DIR``)::
                 root.qcow2                  qcow2 overlay whose backing file is images/<sha256>.qcow2
                 seed.iso                    NoCloud seed (volume id ``cidata``), 0640 group libvirt-qemu
                 console.log                 serial console, written by QEMU
+        volumes/                      0755
+            <volume_id>.qcow2               data volume (qcow2, no backing file); outlives the servers it
+                                            was attached to, removed only when the volume is deleted
 
 QEMU runs as ``libvirt-qemu``. libvirt's dynamic ownership chowns the disks it is given, but not always the
 backing file, and it never fixes directory modes: so every directory on the way must be traversable by others
@@ -52,6 +55,19 @@ def instance_paths(state_dir: Path, server_id: str) -> InstancePaths:
         seed=base / "seed.iso",
         console_log=base / "console.log",
     )
+
+
+def volume_path(state_dir: Path, volume_id: str) -> Path:
+    """The file of one data volume. Pure: creates nothing (see `ensure_volumes_dir`)."""
+    if not _SAFE_ID.fullmatch(volume_id) or ".." in volume_id:
+        raise StorageError(f"volume id {volume_id!r} cannot be used as a file name")
+    return Path(state_dir) / "volumes" / f"{volume_id}.qcow2"
+
+
+def ensure_volumes_dir(state_dir: Path) -> Path:
+    """Create `<state>/volumes` with traversable modes; idempotent."""
+    ensure_traversable_dir(Path(state_dir))
+    return ensure_traversable_dir(Path(state_dir) / "volumes")
 
 
 def image_cache_dir(state_dir: Path) -> Path:

@@ -135,6 +135,63 @@ def render_disk_device(disk: DiskSpec) -> str:
     return ET.tostring(element, encoding="unicode")
 
 
+def disk_target(disk_xml: str) -> str:
+    """The target device (`vdb`) of one `<disk>` element."""
+    target = _parse(disk_xml).find("target")
+    if target is None or not target.get("dev"):
+        raise ValueError("disk XML has no target device")
+    return str(target.get("dev"))
+
+
+def disk_source(disk_xml: str) -> str | None:
+    """The source file of one `<disk>` element, or None if it has none."""
+    source = _parse(disk_xml).find("source")
+    return source.get("file") if source is not None else None
+
+
+def find_disk_device(domain_xml: str, target: str) -> str | None:
+    """The domain's `<disk>` element on `target`, as XML, or None."""
+    element = _find_disk(_parse(domain_xml), target)
+    return ET.tostring(element, encoding="unicode") if element is not None else None
+
+
+def with_disk_device(domain_xml: str, disk_xml: str) -> str:
+    """The domain XML with one more `<disk>` (after the existing disks), for a shut-off domain's config."""
+    root = _parse(domain_xml)
+    devices = root.find("devices")
+    if devices is None:
+        raise ValueError("domain XML has no <devices>")
+    children = list(devices)
+    last_disk = max((i for i, child in enumerate(children) if child.tag == "disk"), default=-1)
+    devices.insert(last_disk + 1, _parse(disk_xml))
+    return ET.tostring(root, encoding="unicode")
+
+
+def without_disk_device(domain_xml: str, target: str) -> str:
+    """The domain XML without its `<disk>` on `target` (unchanged if there is none)."""
+    root = _parse(domain_xml)
+    devices = root.find("devices")
+    element = _find_disk(root, target)
+    if devices is not None and element is not None:
+        devices.remove(element)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _parse(xml: str) -> ET.Element:
+    try:
+        return ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise ValueError(f"XML does not parse: {exc}") from exc
+
+
+def _find_disk(root: ET.Element, target: str) -> ET.Element | None:
+    for disk in root.iterfind("devices/disk"):
+        element = disk.find("target")
+        if element is not None and element.get("dev") == target:
+            return disk
+    return None
+
+
 def parse_labcloud_metadata(xml: str) -> dict[str, str] | None:
     """Read labcloud's metadata (`server_id`, `project_id`, `name`) from a domain's XML.
 

@@ -19,9 +19,17 @@ from typing import TypeVar
 
 import libvirt
 
-from agent.errors import AgentFailure, NotFound, VirtError
+from agent.errors import AgentFailure, Conflict, NotFound, VirtError
 from agent.schemas import PowerState
-from agent.virt.domain_xml import domain_name, parse_labcloud_metadata
+from agent.virt.domain_xml import (
+    disk_source,
+    disk_target,
+    domain_name,
+    find_disk_device,
+    parse_labcloud_metadata,
+    with_disk_device,
+    without_disk_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +214,80 @@ class LibvirtHost:
         if self._run("undefine", server_id, op):
             log.info("server %s: domain undefined", server_id)
 
+    # -- disks ---------------------------------------------------------------------------------------------
+
+    def attach_disk(self, server_id: str, xml: str, live: bool) -> None:
+        """Plug the `<disk>` in `xml` into the domain's persistent config, and with `live` into the running guest.
+
+        Idempotent per target: a target that already holds the same file is left alone; one that holds another
+        file is a Conflict. Without `live` the config is redefined, which also works on drivers that cannot
+        hot-plug (libvirt's test driver) and needs the domain shut off to take effect.
+        """
+        target, source = disk_target(xml), disk_source(xml)
+
+        def op(conn: libvirt.virConnect) -> str:
+            dom = self._lookup(conn, server_id)
+            config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            in_config = _holds(config, target, source, server_id)
+            if not live:
+                if in_config:
+                    return "already in config"
+                conn.defineXMLFlags(with_disk_device(config, xml), libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+                return "added to config"
+            in_guest = _holds(dom.XMLDesc(0), target, source, server_id)
+            flags = (0 if in_guest else libvirt.VIR_DOMAIN_AFFECT_LIVE) | (
+                0 if in_config else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            )
+            if not flags:
+                return "already attached"
+            dom.attachDeviceFlags(xml, flags)
+            return "hot-plugged" if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE else "added to config"
+
+        outcome = self._run("attach_disk", server_id, op)
+        log.info("server %s: disk %s (%s) %s", server_id, target, source, outcome)
+
+    def detach_disk(self, server_id: str, target: str, live: bool, timeout: float = 60) -> None:
+        """Remove the disk on `target` from the config, and with `live` from the running guest.
+
+        Hot-unplug needs the guest's cooperation and libvirt returns before it completes, so this polls the
+        live XML until the disk is gone; VirtError after `timeout` seconds (the config no longer has it, so
+        a retry only repeats the live part). Nothing happens if the target is not there.
+        """
+
+        def op(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup(conn, server_id)
+            config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            in_config = find_disk_device(config, target)
+            if not live:
+                if in_config is not None:
+                    conn.defineXMLFlags(
+                        without_disk_device(config, target), libvirt.VIR_DOMAIN_DEFINE_VALIDATE
+                    )
+                return False
+            in_guest = find_disk_device(dom.XMLDesc(0), target)
+            flags = (0 if in_guest is None else libvirt.VIR_DOMAIN_AFFECT_LIVE) | (
+                0 if in_config is None else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            )
+            if flags:
+                dom.detachDeviceFlags(in_guest or in_config, flags)
+            return in_guest is not None
+
+        if not self._run("detach_disk", server_id, op):
+            log.info("server %s: disk %s removed from config", server_id, target)
+            return
+        deadline = time.monotonic() + timeout
+        while self._live_disk(server_id, target):
+            if time.monotonic() >= deadline:
+                raise VirtError(f"server {server_id}: the guest did not release disk {target} in {timeout}s")
+            time.sleep(self._poll_interval)
+        log.info("server %s: disk %s hot-unplugged", server_id, target)
+
+    def _live_disk(self, server_id: str, target: str) -> bool:
+        def op(conn: libvirt.virConnect) -> bool:
+            return find_disk_device(self._lookup(conn, server_id).XMLDesc(0), target) is not None
+
+        return self._run("detach_disk", server_id, op)
+
     # -- inspection ----------------------------------------------------------------------------------------
 
     def power_state(self, server_id: str) -> PowerState:
@@ -359,6 +441,16 @@ class LibvirtHost:
                         continue
                 raise _translate(action, server_id, exc) from exc
         raise AssertionError("unreachable")
+
+
+def _holds(domain_xml: str, target: str, source: str | None, server_id: str) -> bool:
+    """True if the domain has `source` on `target`; Conflict if another file sits there."""
+    present = find_disk_device(domain_xml, target)
+    if present is None:
+        return False
+    if disk_source(present) != source:
+        raise Conflict(f"server {server_id}: disk {target} already holds {disk_source(present)}")
+    return True
 
 
 def _power_state(dom: libvirt.virDomain) -> PowerState:

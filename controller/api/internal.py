@@ -1,17 +1,16 @@
-"""Agent-facing endpoints (bearer join token) and the admin view of hosts."""
+"""Agent-facing endpoints (bearer join token) and the health probe; the admin host API is in `admin`."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 
 from agent.schemas import HostInfo
-from controller.auth.deps import CallerDep
 from controller.db import session_scope
-from controller.errors import Forbidden, Unauthorized
-from controller.models.common import iso_z, utcnow
+from controller.errors import Unauthorized
+from controller.models.common import utcnow
 from controller.models.host import Host
 from controller.services.power_sync import apply_power_report
 
@@ -49,35 +48,6 @@ def register_host(info: HostInfo, request: Request) -> dict[str, str]:
         session.add(host)
         apply_power_report(session, info.host_id, info.servers)
     return {"host_id": info.host_id}
-
-
-def host_view(host: Host, dead_after: float) -> dict[str, Any]:
-    age = (utcnow() - host.last_heartbeat).total_seconds()
-    return {
-        "id": host.id,
-        "hostname": host.hostname,
-        "url": host.url,
-        "accelerator": host.accelerator,
-        "vcpus": host.vcpus,
-        "memory_mib": host.memory_mib,
-        "disk_gib": host.disk_gib,
-        "availability_zone": host.availability_zone,
-        "enabled": host.enabled,
-        "state": "up" if age <= dead_after else "down",
-        "last_heartbeat": iso_z(host.last_heartbeat),
-    }
-
-
-@router.get("/v1/admin/hosts")
-def list_hosts(caller: CallerDep, request: Request) -> dict[str, list[dict[str, Any]]]:
-    if not caller.is_admin:
-        raise Forbidden("listing hosts needs an admin credential")
-    ctx = request.app.state.ctx
-    from sqlmodel import Session, select
-
-    with Session(ctx.engine) as session:
-        hosts = session.exec(select(Host).order_by(Host.hostname)).all()
-    return {"hosts": [host_view(h, ctx.settings.host_dead_seconds) for h in hosts]}
 
 
 @router.get("/healthz")

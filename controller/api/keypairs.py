@@ -11,7 +11,7 @@ from controller.auth.deps import ProjectCaller
 from controller.db import session_scope
 from controller.models.common import iso_z
 from controller.models.keypair import Keypair
-from controller.services import keypairs
+from controller.services import keypairs, quotas
 
 router = APIRouter()
 
@@ -36,7 +36,9 @@ def create_keypair(
     project_id: str, body: KeypairCreateBody, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
     opt = body.keypair
-    with session_scope(request.app.state.ctx.engine) as session:
+    ctx = request.app.state.ctx
+    with session_scope(ctx.engine) as session:
+        quotas.lock_project(session, caller.project_id)  # opens the transaction the quota check rolls back
         # The key belongs to the calling user; a `user_id` in the body (admin-only in Nova) is not honoured.
         new = keypairs.create_keypair(
             session,
@@ -46,6 +48,7 @@ def create_keypair(
             public_key=opt.public_key,
             key_type=opt.type,
         )
+        quotas.check_added(session, ctx.settings, caller.project_id, "key_pairs")
         view = {**keypair_summary(new.keypair), "user_id": new.keypair.user_id}
     if new.private_key is not None:
         view["private_key"] = new.private_key

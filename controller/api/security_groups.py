@@ -14,7 +14,7 @@ from pydantic import BaseModel, StrictInt
 from controller.auth.deps import ProjectCaller
 from controller.db import session_scope
 from controller.models.network import SecurityGroup, SecurityGroupRule
-from controller.services import networks
+from controller.services import networks, quotas
 
 router = APIRouter()
 
@@ -81,10 +81,12 @@ def create_security_group(
     project_id: str, body: SecurityGroupCreateBody, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
     opt = body.security_group
-    with session_scope(request.app.state.ctx.engine) as session:
+    ctx = request.app.state.ctx
+    with session_scope(ctx.engine) as session:
         group = networks.create_security_group(
             session, caller.project_id, name=opt.name, description=opt.description, vpc_id=opt.vpc_id
         )
+        quotas.check_added(session, ctx.settings, caller.project_id, "security_groups")
         return {"security_group": group_view(group, networks.rules_of(session, [group.id])[group.id])}
 
 

@@ -1,13 +1,13 @@
-"""ECS servers: create, list, show, NICs and console output (`/v1/{project_id}/cloudservers…`).
+"""ECS servers: create, list, show, limits, NICs and console output (`/v1/{project_id}/cloudservers…`).
 
-Literal paths (`/cloudservers/detail`) are declared before `/cloudservers/{server_id}`.
+Literal paths (`/cloudservers/detail`, `/cloudservers/limits`) are declared before `/cloudservers/{server_id}`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
@@ -15,7 +15,8 @@ from controller.auth.deps import ProjectCaller
 from controller.context import ControllerContext
 from controller.logs import request_id_var
 from controller.models.server import CreateServersIn
-from controller.services import servers
+from controller.services import quotas, servers
+from controller.services.quota_views import limits_view
 from controller.services.server_create import create_servers
 from controller.services.server_views import (
     ServerFilters,
@@ -35,9 +36,18 @@ def _ctx(request: Request) -> ControllerContext:
 
 @router.post("/v1/{project_id}/cloudservers")
 @router.post("/v1.1/{project_id}/cloudservers")
-def create(project_id: str, body: CreateServersIn, caller: ProjectCaller, request: Request) -> JSONResponse:
-    """Pay-per-use create (`CreatePostPaidServers`) and v1.1 create (`CreateServers`, adds order_id)."""
-    result = create_servers(_ctx(request), caller, body, request_id_var.get())
+def create(
+    project_id: str,
+    body: CreateServersIn,
+    caller: ProjectCaller,
+    request: Request,
+    client_token: Annotated[str | None, Header(alias="X-Client-Token")] = None,
+) -> JSONResponse:
+    """Pay-per-use create (`CreatePostPaidServers`) and v1.1 create (`CreateServers`, adds order_id).
+
+    With `X-Client-Token`, a retry with the same body answers the same job and servers for 8 hours.
+    """
+    result = create_servers(_ctx(request), caller, body, request_id_var.get(), client_token)
     if result.job_id is None:
         return JSONResponse(
             {"message": "dry run: the request is valid; nothing was created"}, status_code=202
@@ -81,6 +91,16 @@ def list_details(
         total, rows = list_servers(session, caller.project_id, filters)
         related = load_related(session, rows, ctx.settings.host_dead_seconds)
     return {"count": total, "servers": [server_detail(s, related) for s in rows]}
+
+
+@router.get("/v1/{project_id}/cloudservers/limits")
+def show_limits(project_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
+    """`ShowServerLimits`: the project's quotas and usage."""
+    ctx = _ctx(request)
+    with Session(ctx.engine) as session:
+        limits = quotas.get_limits(session, ctx.settings, caller.project_id)
+        used = quotas.get_usage(session, caller.project_id)
+    return {"absolute": limits_view(limits, used)}
 
 
 @router.get("/v1/{project_id}/cloudservers/{server_id}")

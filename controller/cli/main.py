@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.cli.commands import catalog, keypair, server, ssh
+from controller.cli.commands import catalog, host, keypair, quota, server, ssh
 from controller.cli.context import CliContext
 from controller.cli.errors import CliError
 from controller.cli.home import Home
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.register(sub)
     catalog.register(sub)
     ssh.register(sub)
+    host.register(sub)
+    quota.register(sub)
     return parser
 
 

@@ -7,9 +7,12 @@ from controller.models.job import Job
 from controller.models.keypair import Keypair
 from controller.models.network import IdCounter, Port, SecurityGroup, SecurityGroupRule, Subnet, Vpc
 from controller.models.project import Credential, Project
+from controller.models.quota import ClientToken, Quota
 from controller.models.server import Server
+from controller.models.volume import Volume
 
 __all__ = [
+    "ClientToken",
     "Credential",
     "Flavor",
     "Host",
@@ -19,9 +22,11 @@ __all__ = [
     "Keypair",
     "Port",
     "Project",
+    "Quota",
     "SecurityGroup",
     "SecurityGroupRule",
     "Server",
     "Subnet",
+    "Volume",
     "Vpc",
 ]

@@ -19,5 +19,6 @@ class Host(SQLModel, table=True):
     disk_gib: int
     availability_zone: str = Field(index=True)
     enabled: bool = True
+    disabled_reason: str | None = None  # what the operator said when disabling it
     registered_at: datetime = Field(default_factory=utcnow)
     last_heartbeat: datetime = Field(default_factory=utcnow)

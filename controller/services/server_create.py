@@ -2,8 +2,10 @@
 
 Nothing is created unless the whole request is valid: checks of the body alone come first, then every
 reference is resolved, then one transaction adds the Server rows, their ports (IPAM) and a `createServer` job
-with one `createSingleServer` sub-job per server. A dry run runs the very same transaction and rolls it back,
-so it also catches a fixed IP that is already taken.
+with one `createSingleServer` sub-job per server. The project's quota is checked in that transaction after
+the rows are flushed (see `services.quotas`), and an `X-Client-Token` is recorded in it (see
+`services.idempotency`). A dry run runs the very same transaction and rolls it back, so it also catches a
+fixed IP that is already taken or a quota that is full.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import logging
 import re
 import string
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from controller.auth.deps import Caller
@@ -28,7 +32,7 @@ from controller.models.image import ACTIVE as IMAGE_ACTIVE
 from controller.models.image import Image
 from controller.models.network import SecurityGroup, Subnet, Vpc
 from controller.models.server import CreateServersIn, Server, ServerIn
-from controller.services import flavors, image_store, ipam, keypairs, networks
+from controller.services import flavors, idempotency, image_store, ipam, keypairs, networks, quotas
 from controller.state import transition
 
 log = logging.getLogger(__name__)
@@ -64,14 +68,65 @@ class _Checked:
 
 
 def create_servers(
-    ctx: ControllerContext, caller: Caller, body: CreateServersIn, request_id: str
+    ctx: ControllerContext,
+    caller: Caller,
+    body: CreateServersIn,
+    request_id: str,
+    client_token: str | None = None,
 ) -> CreateResult:
+    """Create the servers, or replay the answer an earlier create with the same `client_token` got."""
     req = body.server
     checked = _check_body(req, ctx.settings.max_servers_per_request)
+    if client_token is None or body.dry_run:
+        return _create(ctx, caller, body, checked, request_id, None)
+    token = idempotency.check_token(client_token)
+    digest = idempotency.body_digest(body)
+    ttl = timedelta(hours=ctx.settings.client_token_hours)
+    with Session(ctx.engine) as session:
+        replay = idempotency.find(session, caller.project_id, token, digest, ttl)
+    if replay is None:
+        try:
+            return _create(ctx, caller, body, checked, request_id, (token, digest))
+        except IntegrityError:
+            # A concurrent create with the same token won the primary key: answer as it did.
+            with Session(ctx.engine) as session:
+                replay = idempotency.find(session, caller.project_id, token, digest, ttl)
+            if replay is None:
+                raise
+    return CreateResult(job_id=replay.job_id, server_ids=replay.server_ids)
+
+
+def _create(
+    ctx: ControllerContext,
+    caller: Caller,
+    body: CreateServersIn,
+    checked: _Checked,
+    request_id: str,
+    token: tuple[str, str] | None,
+) -> CreateResult:
+    req = body.server
     with session_scope(ctx.engine) as session:
         refs = _resolve(session, caller.project_id, req, ctx.settings.default_availability_zone)
         root_size = _root_size(checked.root_size, refs.image, refs.flavor)
         result = _insert(session, caller, req, checked, refs, root_size, request_id)
+        count = len(result.server_ids)
+        quotas.check_servers_added(
+            session,
+            ctx.settings,
+            caller.project_id,
+            count=count,
+            vcpus=refs.flavor.vcpus * count,
+            ram_mib=refs.flavor.ram_mib * count,
+        )
+        if token is not None:
+            assert result.job_id is not None
+            idempotency.remember(
+                session,
+                caller.project_id,
+                *token,
+                idempotency.Replay(result.job_id, result.server_ids),
+                timedelta(hours=ctx.settings.client_token_hours),
+            )
         if body.dry_run:
             session.rollback()
             log.info(

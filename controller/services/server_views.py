@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func
@@ -22,6 +22,8 @@ from controller.models.flavor import Flavor
 from controller.models.host import Host
 from controller.models.network import Port, SecurityGroup
 from controller.models.server import Server
+from controller.models.volume import Volume
+from controller.services.volume_views import attached_volumes, server_detail_volume
 from controller.state import DELETED, ERROR, POWER_STATE, VM_STATE
 
 DEFAULT_LIMIT = 25
@@ -54,6 +56,7 @@ class Related:
     groups: dict[str, SecurityGroup]
     hosts: dict[str, Host]
     host_dead_seconds: float
+    volumes: dict[str, list[Volume]] = field(default_factory=dict)
 
 
 def hostname_of(name: str, server_id: str) -> str:
@@ -86,6 +89,7 @@ def load_related(session: Session, servers: list[Server], host_dead_seconds: flo
         groups=_by_id(session, SecurityGroup, group_ids),
         hosts=_by_id(session, Host, host_ids),
         host_dead_seconds=host_dead_seconds,
+        volumes=attached_volumes(session, ids),
     )
 
 
@@ -157,7 +161,9 @@ def server_detail(server: Server, related: Related) -> dict[str, Any]:
         "OS-EXT-SRV-ATTR:user_data": server.user_data or "",
         "OS-SRV-USG:launched_at": iso_z(server.launched_at) or "",
         "OS-SRV-USG:terminated_at": iso_z(server.deleted_at) or "",
-        "os-extended-volumes:volumes_attached": [],
+        "os-extended-volumes:volumes_attached": [
+            server_detail_volume(v) for v in related.volumes.get(server.id, [])
+        ],
         "host_status": _host_status(host, related.host_dead_seconds),
         "metadata": dict(server.meta),
         "tags": [f"{t['key']}={t.get('value', '')}" for t in server.tags],

@@ -1,3 +1,3 @@
 """Job handlers; importing this package registers every job kind."""
 
-from controller.jobs.handlers import servers  # noqa: F401
+from controller.jobs.handlers import servers, volumes  # noqa: F401

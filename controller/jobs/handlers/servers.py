@@ -26,7 +26,7 @@ from controller.logs import request_id_var
 from controller.models.common import utcnow
 from controller.models.host import Host
 from controller.models.server import Server
-from controller.services import ipam
+from controller.services import ipam, volumes
 from controller.services.server_create import CREATE_ONE_JOB
 from controller.services.servers import (
     AGENT_FAILED,
@@ -156,6 +156,7 @@ def delete_single_server(jctx: JobContext) -> dict[str, Any]:
     now = utcnow()
     with session_scope(jctx.engine) as session:
         ipam.release_ports(session, server_id)
+        volumes.release_server_volumes(session, server_id)
         values = {"status": DELETED, "deleted_at": now, "admin_pass": None}
         _land(session, server_id, transition("delete").task_state, values)
     log.info("server %s DELETED", server_id)

@@ -1,0 +1,117 @@
+"""Operator APIs (admin credentials only, anyone else 403): hosts and project quotas.
+
+`GET /v1/admin/hosts`, `POST /v1/admin/hosts/{host_id}/disable|enable` (body optional: `{"reason": "…"}`),
+`GET|PUT /v1/admin/projects/{project_id}/quotas` (`{"quota": {"instances": 10, …}}`; null restores the
+default, -1 is unlimited).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session
+
+from controller.auth.deps import Caller, CallerDep
+from controller.context import ControllerContext
+from controller.db import session_scope
+from controller.errors import Forbidden, NotFound
+from controller.models.project import Project
+from controller.services import hosts, quotas
+
+router = APIRouter()
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    if not caller.is_admin:
+        raise Forbidden("This API needs an admin credential")
+    return caller
+
+
+AdminCaller = Annotated[Caller, Depends(require_admin)]
+
+
+def _ctx(request: Request) -> ControllerContext:
+    ctx: ControllerContext = request.app.state.ctx
+    return ctx
+
+
+# --- hosts ---
+
+
+class HostActionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = None
+
+
+@router.get("/v1/admin/hosts")
+def list_hosts(caller: AdminCaller, request: Request) -> dict[str, list[dict[str, Any]]]:
+    ctx = _ctx(request)
+    with Session(ctx.engine) as session:
+        rows = hosts.list_hosts(session)
+    return {"hosts": [hosts.host_view(h, ctx.settings.host_dead_seconds) for h in rows]}
+
+
+@router.post("/v1/admin/hosts/{host_id}/disable")
+def disable_host(
+    host_id: str, caller: AdminCaller, request: Request, body: HostActionIn | None = None
+) -> dict[str, Any]:
+    return _set_enabled(request, host_id, False, body.reason if body else None)
+
+
+@router.post("/v1/admin/hosts/{host_id}/enable")
+def enable_host(
+    host_id: str, caller: AdminCaller, request: Request, body: HostActionIn | None = None
+) -> dict[str, Any]:
+    return _set_enabled(request, host_id, True, None)
+
+
+def _set_enabled(request: Request, host_id: str, enabled: bool, reason: str | None) -> dict[str, Any]:
+    ctx = _ctx(request)
+    with session_scope(ctx.engine) as session:
+        host = hosts.set_enabled(session, host_id, enabled, reason)
+        view = hosts.host_view(host, ctx.settings.host_dead_seconds)
+    return {"host": view}
+
+
+# --- quotas ---
+
+
+class QuotaIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    instances: int | None = Field(default=None, ge=-1)
+    cores: int | None = Field(default=None, ge=-1)
+    ram: int | None = Field(default=None, ge=-1)
+    security_groups: int | None = Field(default=None, ge=-1)
+    key_pairs: int | None = Field(default=None, ge=-1)
+
+
+class QuotaBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    quota: QuotaIn
+
+
+@router.get("/v1/admin/projects/{project_id}/quotas")
+def show_quota(project_id: str, caller: AdminCaller, request: Request) -> dict[str, Any]:
+    ctx = _ctx(request)
+    with Session(ctx.engine) as session:
+        if session.get(Project, project_id) is None:
+            raise NotFound(f"Project {project_id} does not exist", code="Ecs.0000")
+        return _quota_view(session, ctx, project_id)
+
+
+@router.put("/v1/admin/projects/{project_id}/quotas")
+def set_quota(project_id: str, body: QuotaBody, caller: AdminCaller, request: Request) -> dict[str, Any]:
+    """Only the keys present in the body change (an explicit null goes back to the default)."""
+    ctx = _ctx(request)
+    changes = body.quota.model_dump(exclude_unset=True)
+    with session_scope(ctx.engine) as session:
+        quotas.set_limits(session, project_id, changes)
+        return _quota_view(session, ctx, project_id)
+
+
+def _quota_view(session: Session, ctx: ControllerContext, project_id: str) -> dict[str, Any]:
+    limits = quotas.get_limits(session, ctx.settings, project_id)
+    used = quotas.get_usage(session, project_id)
+    return {"quota": {"project_id": project_id, **limits.as_dict()}, "usage": used.as_dict()}
