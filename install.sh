@@ -23,6 +23,8 @@ readonly APT_PACKAGES=(
     iptables ipset genisoimage syslinux syslinux-common mtools dosfstools fdisk kmod cpio iproute2
     openssh-client e2fsprogs python3-venv python3-dev gcc busybox procps util-linux libxml2-utils
 )
+# Only for --for-tests: the test suite starts its own PostgreSQL cluster from these binaries.
+readonly TEST_APT_PACKAGES=(postgresql)
 
 for_tests=0
 start=1
@@ -64,8 +66,9 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 install_packages() {
-    local missing=() pkg
-    for pkg in "${APT_PACKAGES[@]}"; do
+    local missing=() pkg wanted=("${APT_PACKAGES[@]}")
+    ((for_tests)) && wanted+=("${TEST_APT_PACKAGES[@]}")
+    for pkg in "${wanted[@]}"; do
         dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     ((${#missing[@]} == 0)) && return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +26,14 @@ class Settings(BaseSettings):
     job_lease_seconds: float = 30.0
     job_max_attempts: int = 3
     host_dead_seconds: float = 45.0
+    # Reconciler: how often it compares the database with the agents (0 turns the loop off), how long a server
+    # may sit in a task or BUILD with no job working on it before it becomes ERROR, and what to do with
+    # domains that no server owns.
+    reconcile_seconds: float = 15.0
+    task_timeout_seconds: float = 600.0
+    reconcile_orphans: Literal["report", "delete"] = "report"
+    # A heartbeat's power report only moves servers unchanged for this long (see services/power_sync).
+    power_settle_seconds: float = 15.0
     max_servers_per_request: int = 20
     # Quota defaults for every project (an admin can override them per project; -1 is unlimited).
     quota_instances: int = 20

@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         from controller.jobs import handlers  # noqa: F401  (registers the job kinds)
         from controller.jobs.worker import JobWorkers
+        from controller.reconciler import ReconcilerLoop
         from controller.services.image_store import register_seed_image
 
         register_seed_image(ctx)
@@ -157,10 +158,16 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
                 ctx, settings.job_workers, settings.job_lease_seconds, settings.job_max_attempts
             )
             ctx.workers.start()
+        reconciler = None
+        if run_jobs and settings.reconcile_seconds > 0:
+            reconciler = ReconcilerLoop(ctx, settings.reconcile_seconds)
+            reconciler.start()
         try:
             yield
         finally:
             stop_trimming.set()
+            if reconciler is not None:
+                reconciler.stop()
             if ctx.workers is not None:
                 ctx.workers.stop()
             ctx.engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -46,7 +47,8 @@ def register_host(info: HostInfo, request: Request) -> dict[str, str]:
         host.availability_zone = info.availability_zone
         host.last_heartbeat = utcnow()
         session.add(host)
-        apply_power_report(session, info.host_id, info.servers)
+        settle = timedelta(seconds=ctx.settings.power_settle_seconds)
+        apply_power_report(session, info.host_id, info.servers, settle)
     return {"host_id": info.host_id}
 
 

@@ -49,6 +49,7 @@ def claim_next(
             .where(or_(col(Job.status) == INIT, (col(Job.status) == RUNNING) & (col(Job.lease_until) < now)))
             .order_by(col(Job.created_at))
             .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL: controllers skip each other's candidates
         ).all()
         for job_id, status in candidates:
             stmt = (

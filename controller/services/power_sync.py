@@ -1,8 +1,10 @@
 """Follow power changes made inside guests (a `poweroff` in the guest, a crash) from the agents' heartbeats.
 
-Only settled servers are touched: no task in progress and no change for a while, so a heartbeat collected
-before an API action cannot undo it.
-Anything more (missing domains, orphans, stuck tasks) is the reconciler's job.
+Only settled servers are touched: no task in progress and no change for `settle` (Settings.power_settle_seconds,
+15 s), so a heartbeat collected before an API action cannot undo it. A guest destroyed behind labcloud's back
+(`virsh destroy`: libvirt says shutoff) or crashed shows SHUTOFF within settle + one heartbeat interval, 25 s with
+the defaults.
+Anything more (missing domains, down hosts, orphans, stuck tasks) is the reconciler's job (`controller.reconciler`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ SETTLE = timedelta(seconds=15)
 _OBSERVED = {"running": ACTIVE, "shutoff": SHUTOFF, "crashed": SHUTOFF}
 
 
-def apply_power_report(session: Session, host_id: str, reports: list[ServerState]) -> int:
+def apply_power_report(
+    session: Session, host_id: str, reports: list[ServerState], settle: timedelta = SETTLE
+) -> int:
     """Move ACTIVE↔SHUTOFF where the host saw the guest change on its own; return how many changed."""
     changed = 0
-    settled_before = utcnow() - SETTLE
+    settled_before = utcnow() - settle
     for report in reports:
         observed = _OBSERVED.get(report.power)
         if observed is None:

@@ -2,12 +2,16 @@
 a background thread, and official Huawei SDK clients pointed at it (ECS-API.md §1).
 
 Tests that need other settings override the `api_settings` fixture (a dict of Settings fields).
+
+Databases: SQLite unless a test parametrizes `db_backend` (`tests.support.postgres.on_both_databases()`); then
+`database_url` and `api` use a fresh database in a private PostgreSQL cluster started once per session.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -40,6 +44,7 @@ from controller.db import session_scope
 from controller.main import create_app
 from controller.models.host import Host
 from controller.models.project import Credential, Project
+from tests.support.postgres import PostgresCluster, start_cluster, stop_cluster
 
 STARTUP_TIMEOUT_S = 120.0
 
@@ -90,13 +95,51 @@ class Api(ApiClients):
         return ApiClients(self.endpoint, cred.access_key, cred.secret_key, project.id)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster on a unix socket, started on first use and removed at the end."""
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster)
+
+
+@pytest.fixture
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """What the test parametrized indirectly, else `LABCLOUD_TEST_DB` ("postgresql" runs every API test on
+    PostgreSQL), else "sqlite"."""
+    return str(getattr(request, "param", os.environ.get("LABCLOUD_TEST_DB", "sqlite")))
+
+
+@pytest.fixture
+def database_url(db_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new, empty database of the `db_backend` kind, dropped after the test."""
+    if db_backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'labcloud.db'}"
+        return
+    assert db_backend == "postgresql", db_backend
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    name = cluster.create_database()
+    try:
+        yield cluster.url(name)
+    finally:
+        cluster.drop_database(name)
+
+
 @pytest.fixture
 def api_settings() -> dict[str, Any]:
     return {}
 
 
 @pytest.fixture
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_settings: dict[str, Any]) -> Iterator[Api]:
+def api(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    api_settings: dict[str, Any],
+    db_backend: str,
+    database_url: str,
+) -> Iterator[Api]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -108,8 +151,10 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_settings: dict[str,
         "listen_host": "127.0.0.1",
         "listen_port": port,
         "seed_image": None,
-        "database_url": None,
+        # SQLite at its default place under home, as a real controller keeps it.
+        "database_url": None if db_backend == "sqlite" else database_url,
         "public_url": None,
+        "reconcile_seconds": 0.0,  # tests call controller.reconciler.run_once themselves
         **api_settings,
     }
     settings = Settings(**fields)
@@ -183,6 +228,7 @@ class AgentFactory:
         self.api = api
         self.root = root
         self._stops: list[Any] = []
+        self._serving: dict[str, Any] = {}  # host id -> stops its app, keeping the service
 
     def start(
         self,
@@ -222,29 +268,57 @@ class AgentFactory:
             images=ImageCache(image_cache_dir(settings.state_dir), client=downloads),
             accelerator="tcg",
         )
+        serving = self._serve(name, settings, service, sock)
+
+        def stop() -> None:
+            self._serving.pop(settings.resolved_host_id, lambda: None)()
+            service.close()
+            downloads.close()
+
+        self._stops.append(stop)
+        self._serving[settings.resolved_host_id] = serving
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _registered(self.api, settings.resolved_host_id):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"test agent {name} did not register with the controller; see the log above"
+                )
+            time.sleep(0.05)
+        return AgentHost(settings.url, settings.resolved_host_id, settings, service)
+
+    def stop_serving(self, host: AgentHost) -> None:
+        """Take the agent off the air (no API, no heartbeat) but keep its libvirt state, like a host that
+        lost its network; `serve_again` brings it back on the same URL."""
+        self._serving.pop(host.host_id)()
+
+    def serve_again(self, host: AgentHost) -> None:
+        assert host.host_id not in self._serving, "the agent is still serving"
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", host.settings.listen_port))
+        self._serving[host.host_id] = self._serve("again", host.settings, host.service, sock)
+
+    @staticmethod
+    def _serve(name: str, settings: AgentSettings, service: AgentService, sock: socket.socket) -> Any:
+        """Serve the agent app (API and heartbeat) on `sock` in a thread; return what stops it."""
         app = create_agent_app(settings, service=service)
         server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name=f"test-{name}", daemon=True
         )
         thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"test agent {name} did not start; see the log above")
+            time.sleep(0.02)
 
         def stop() -> None:
             server.should_exit = True
             thread.join(timeout=STARTUP_TIMEOUT_S)
             sock.close()
-            service.close()
-            downloads.close()
 
-        self._stops.append(stop)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _registered(self.api, settings.resolved_host_id):
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"test agent {name} did not register with the controller; see the log above"
-                )
-            time.sleep(0.05)
-        return AgentHost(settings.url, settings.resolved_host_id, settings, service)
+        return stop
 
     def stop_all(self) -> None:
         while self._stops:

@@ -26,6 +26,7 @@ from controller.models.common import utcnow
 from controller.models.quota import ClientToken
 from tests.controller.api.helpers import expect_error
 from tests.controller.api.server_helpers import Net, counts, make_net, server, wait_job
+from tests.support.postgres import on_both_databases
 
 PARALLEL = 10
 
@@ -122,6 +123,7 @@ def test_an_expired_token_creates_again(api, net) -> None:  # type: ignore[no-un
     assert replay.job_id == second.job_id
 
 
+@on_both_databases()
 def test_parallel_retries_with_one_token_make_one_set_of_servers(api, net) -> None:  # type: ignore[no-untyped-def]
     barrier = threading.Barrier(PARALLEL)
     answers: list[Any] = []

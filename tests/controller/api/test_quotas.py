@@ -23,6 +23,7 @@ from controller.models.keypair import Keypair
 from tests.controller.api.helpers import create_security_group, expect_error
 from tests.controller.api.server_helpers import Net, counts, create, create_and_wait, make_net, server
 from tests.controller.api.test_admin_hosts import client_for
+from tests.support.postgres import on_both_databases
 
 PARALLEL = 50
 QUOTA = 10
@@ -122,6 +123,7 @@ def test_over_quota_creates_are_403_and_create_nothing(api, agent_host, net) -> 
     assert len(create(ecs, server(net, name="third")).server_ids) == 1
 
 
+@on_both_databases()
 def test_fifty_parallel_creates_against_a_quota_of_ten(api, net) -> None:  # type: ignore[no-untyped-def]
     set_quota(api, api.project_id, instances=QUOTA)
     barrier = threading.Barrier(PARALLEL)

@@ -52,6 +52,7 @@ from tests.controller.api.server_helpers import (
     server,
     wait_job,
 )
+from tests.support.postgres import on_both_databases
 
 
 @pytest.fixture
@@ -92,6 +93,7 @@ def show(ecs: Any, server_id: str) -> Any:
     return ecs.show_server(ShowServerRequest(server_id=server_id)).server
 
 
+@on_both_databases()
 def test_lifecycle_create_stop_start_reboot_delete(api, agent_host, net) -> None:  # type: ignore[no-untyped-def]
     ecs = api.ecs()
     user_data = base64.b64encode(b"#cloud-config\nhostname: ignored\n").decode()

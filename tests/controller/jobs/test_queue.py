@@ -1,11 +1,11 @@
-"""The durable job queue on a real SQLite database: claims, leases, resume after a crash, parent roll-up."""
+"""The durable job queue on real databases (SQLite and PostgreSQL): claims, leases, resume after a crash,
+parent roll-up."""
 
 from __future__ import annotations
 
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlmodel import Session
@@ -17,13 +17,16 @@ from controller.jobs.registry import HANDLERS, JobFailed, job_handler
 from controller.jobs.worker import JobContext, JobWorkers
 from controller.models.common import utcnow
 from controller.models.job import FAIL, INIT, RUNNING, SUCCESS, Job
+from tests.support.postgres import on_both_databases
+
+pytestmark = on_both_databases()
 
 KIND = "testOnlyEcho"  # a job kind that exists only in these tests
 
 
 @pytest.fixture
-def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
-    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+def engine(database_url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(database_url)
     create_schema(engine)
     yield engine
     engine.dispose()
@@ -152,3 +155,28 @@ def test_claims_race_between_threads(engine) -> None:  # type: ignore[no-untyped
         t.join()
     assert sorted(claimed) == sorted(ids)
     assert INIT not in {j for j in claimed}
+
+
+def test_two_controllers_on_one_database_run_each_of_100_jobs_once(  # type: ignore[no-untyped-def]
+    engine, database_url: str, echo_handler
+) -> None:
+    """Two JobWorkers with their own engines (two controller processes sharing the database) drain one queue."""
+    runs, _ = echo_handler
+    other = make_engine(database_url)
+    pools = [
+        JobWorkers(_Ctx(e), threads=3, lease_seconds=30, max_attempts=3)  # type: ignore[arg-type]
+        for e in (engine, other)
+    ]
+    try:
+        for workers in pools:
+            workers.start()
+        ids = [_add(engine, queue.new_job("p", KIND, payload={"text": str(n)})) for n in range(100)]
+        for workers in pools:
+            workers.kick()
+        done = [_wait_finished(engine, job_id) for job_id in ids]
+        assert sorted(runs) == sorted(ids)  # every job ran, none twice
+        assert {(j.status, j.attempts) for j in done} == {(SUCCESS, 1)}
+    finally:
+        for workers in pools:
+            workers.stop()
+        other.dispose()

@@ -1,4 +1,5 @@
-"""IPAM on a real SQLite database: address choice, validation, release, concurrent allocation in threads."""
+"""IPAM on real databases (SQLite and PostgreSQL): address choice, validation, release, concurrent allocation
+in threads."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import ipaddress
 import re
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,13 +18,16 @@ from controller.db import create_schema, make_engine, session_scope
 from controller.errors import BadRequest, Conflict
 from controller.models.network import Port, Subnet
 from controller.services import ipam, networks
+from tests.support.postgres import on_both_databases
+
+pytestmark = on_both_databases()
 
 PROJECT = "p1"
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ipam.db'}")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
     create_schema(engine)
     yield engine
     engine.dispose()

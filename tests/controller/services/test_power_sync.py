@@ -61,3 +61,22 @@ def test_only_settled_servers_on_the_reporting_host_follow_the_guest(tmp_path: P
         "building": "BUILD",
     }
     engine.dispose()
+
+
+def test_a_destroyed_or_crashed_guest_is_shutoff_after_the_configured_settle_window(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    create_schema(engine)
+    destroyed, crashed, fresh = _server("ACTIVE", age=6), _server("ACTIVE", age=6), _server("ACTIVE", age=1)
+    with session_scope(engine) as session:
+        session.add_all([destroyed, crashed, fresh])
+    reports = [
+        ServerState(id=destroyed.id, power="shutoff"),  # what libvirt says after `virsh destroy`
+        ServerState(id=crashed.id, power="crashed"),
+        ServerState(id=fresh.id, power="shutoff"),
+    ]
+    with session_scope(engine) as session:
+        assert apply_power_report(session, "h1", reports, settle=timedelta(seconds=5)) == 2
+    with Session(engine) as session:
+        status = [session.get(Server, r.id).status for r in (destroyed, crashed, fresh)]  # type: ignore[union-attr]
+    assert status == ["SHUTOFF", "SHUTOFF", "ACTIVE"]
+    engine.dispose()

@@ -1,9 +1,8 @@
-"""Quota limits, usage and enforcement on a real SQLite database."""
+"""Quota limits, usage and enforcement on real databases: SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -17,13 +16,16 @@ from controller.models.network import SecurityGroup
 from controller.models.project import Project
 from controller.models.server import Server
 from controller.services import flavors, quotas
+from tests.support.postgres import on_both_databases
+
+pytestmark = on_both_databases()
 
 SETTINGS = Settings(quota_instances=3, quota_cores=4, quota_ram_mib=1024)
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'quotas.db'}")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
     create_schema(engine)
     with session_scope(engine) as session:
         flavors.seed_flavors(session)
