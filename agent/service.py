@@ -43,7 +43,7 @@ from agent.schemas import (
     VolumeSpec,
     VolumeState,
 )
-from agent.storage.disks import create_overlay, create_volume, image_info, remove_disk
+from agent.storage.disks import create_overlay, create_volume, grow_volume, image_info, remove_disk
 from agent.storage.images import ImageCache
 from agent.storage.layout import (
     ensure_instance_dir,
@@ -362,13 +362,36 @@ class AgentService:
     # ---- volumes -------------------------------------------------------------------------------------------
 
     def ensure_volume(self, spec: VolumeSpec) -> VolumeState:
-        """Make sure the volume's qcow2 exists (an existing one is kept with its data). Idempotent."""
+        """Make sure the volume's qcow2 exists with at least `size_gib` GiB (its data kept). Idempotent.
+
+        A larger size grows the volume: through libvirt while a running guest holds it, so the guest sees the
+        new size at once, else with qemu-img. A smaller size than the file's is refused (StorageError).
+        """
         check_server_id(spec.id)
         path = volume_path(self.state_dir, spec.id)
-        with self._server_lock(_volume_key(spec.id)), step(spec.id, "creating volume", StorageError):
-            ensure_volumes_dir(self.state_dir)
-            create_volume(path, spec.size_gib)
+        with self._server_lock(_volume_key(spec.id)):
+            with step(spec.id, "creating volume", StorageError):
+                ensure_volumes_dir(self.state_dir)
+                create_volume(path, spec.size_gib)
+            if image_info(path, fmt="qcow2").virtual_size != spec.size_gib * GIB:
+                self._grow_volume(spec)
         return self.volume_state(spec.id)
+
+    def _grow_volume(self, spec: VolumeSpec) -> None:
+        holder = self._volume_holder(spec.id)
+        if holder is None:
+            with step(spec.id, "extending volume", StorageError):
+                grow_volume(volume_path(self.state_dir, spec.id), spec.size_gib)
+            return
+        with self._server_lock(holder):
+            attachment = next(a for a in self._require_spec(holder).volumes or [] if a.volume_id == spec.id)
+            if self._host.power_state(holder) in _ACTIVE:
+                with step(holder, f"extending volume {spec.id} online", VirtError):
+                    self._host.grow_disk(holder, attachment.device, spec.size_gib * GIB)
+            else:
+                with step(spec.id, "extending volume", StorageError):
+                    grow_volume(volume_path(self.state_dir, spec.id), spec.size_gib)
+        log.info("volume %s extended to %s GiB (server %s)", spec.id, spec.size_gib, holder)
 
     def volume_state(self, volume_id: str) -> VolumeState:
         check_server_id(volume_id)

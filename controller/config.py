@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     quota_security_groups: int = 100
     quota_key_pairs: int = 100
     client_token_hours: float = 8.0  # how long a create's X-Client-Token replays the same answer
+    # Requests per second per access key (token bucket; 0 turns limiting off) and the burst a bucket holds.
+    # Generous: a limit against runaway scripts, far above what tests and the console send.
+    rate_limit_per_second: float = 500.0
+    rate_limit_burst: int = 1000
 
     @property
     def controller_dir(self) -> Path:

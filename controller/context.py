@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from agent.client import AgentClient
 from controller.auth.deps import CredentialCache
 from controller.config import Settings
+from controller.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from controller.jobs.worker import JobWorkers
@@ -40,6 +41,7 @@ class ControllerContext:
     credentials: CredentialCache
     join_token: str
     agents: AgentClients
+    rate_limiter: RateLimiter | None = None  # per access key; None: unlimited
     workers: JobWorkers | None = None
 
     def kick_jobs(self) -> None:

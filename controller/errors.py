@@ -7,6 +7,8 @@ service where they are not.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     status = 400
@@ -20,8 +22,12 @@ class ApiError(Exception):
         if status is not None:
             self.status = status
 
-    def body(self) -> dict[str, dict[str, str]]:
+    def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (e.g. `Retry-After` on 429)."""
+        return {}
 
 
 class BadRequest(ApiError):

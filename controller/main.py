@@ -24,11 +24,13 @@ from controller.api import (
     keypairs,
     security_groups,
     server_actions,
+    server_groups,
     server_volumes,
     servers,
     subnets,
     volumes,
     vpcs,
+    zones,
 )
 from controller.auth.deps import CredentialCache
 from controller.config import Settings
@@ -36,6 +38,7 @@ from controller.context import AgentClients, ControllerContext
 from controller.db import create_schema, make_engine
 from controller.errors import ApiError, bad_request_code
 from controller.logs import request_id_var
+from controller.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ ROUTERS = [
     jobs,
     flavors,
     keypairs,
+    server_groups,
     servers,
     server_actions,
     server_volumes,
@@ -53,6 +57,7 @@ ROUTERS = [
     subnets,
     security_groups,
     images,
+    zones,
 ]
 
 
@@ -92,7 +97,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers() or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -137,6 +142,7 @@ def build_context(settings: Settings) -> ControllerContext:
         credentials=CredentialCache(engine),
         join_token=token,
         agents=AgentClients(token),
+        rate_limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
     )
 
 

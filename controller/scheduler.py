@@ -1,7 +1,8 @@
 """Placement: a pure function from a request and host capacities to a host id, or the reasons none fits.
 
-Filters drop hosts that cannot take the server (wrong AZ, disabled, silent, out of vCPU/RAM/disk after the
-overcommit ratios); weights order the rest (most free RAM, then fewest servers, then id for a stable answer).
+Filters drop hosts that cannot take the server (wrong AZ, disabled, silent, already holding a member of the
+server's anti-affinity group, out of vCPU/RAM/disk after the overcommit ratios); weights order the rest (most
+free RAM, then fewest servers, then id for a stable answer).
 The caller builds the candidates from the Host rows minus the claims of servers already placed, inside the
 transaction that records the new claim, so concurrent placements see each other.
 """
@@ -12,11 +13,20 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class AntiAffinity:
+    """The server's anti-affinity group and the hosts its other live members already occupy."""
+
+    group_id: str
+    hosts: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class PlacementRequest:
     vcpus: int
     ram_mib: int
     disk_gib: int
     availability_zone: str | None = None  # None: any zone
+    anti_affinity: AntiAffinity | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,9 @@ def _refusal(request: PlacementRequest, host: HostCandidate, policy: SchedulerPo
         return "disabled"
     if host.heartbeat_age > policy.host_dead_seconds:
         return f"down (no heartbeat for {host.heartbeat_age:.0f} s)"
+    group = request.anti_affinity
+    if group is not None and host.id in group.hosts:
+        return f"already holds a member of anti-affinity server group {group.group_id}"
     free_vcpus = host.vcpus * policy.cpu_allocation_ratio - host.used_vcpus
     if request.vcpus > free_vcpus:
         return f"needs {request.vcpus} vCPUs, {_num(free_vcpus)} free"

@@ -167,6 +167,26 @@ def _keep_volume(path: Path, size_gib: int) -> bool:
     return True
 
 
+def grow_volume(path: Path, size_gib: int) -> bool:
+    """Grow the standalone qcow2 at `path` to `size_gib` GiB; False when it already has that size.
+
+    Never shrinks: a smaller size is an error, as it would cut off the user's data. The file must not be in use
+    by a running guest (qemu holds its write lock); a live volume grows through libvirt's blockResize instead.
+    """
+    path = Path(path)
+    current = image_info(path, fmt="qcow2")
+    size = size_gib * GIB
+    if size < current.virtual_size:
+        raise StorageError(
+            f"volume {path.name} is {current.virtual_size} bytes; refusing to shrink it to {size_gib} GiB"
+        )
+    if size == current.virtual_size:
+        return False
+    _qemu_img("resize", "-q", "-f", "qcow2", str(path), str(size))
+    log.info("grew volume %s from %s bytes to %s GiB", path, current.virtual_size, size_gib)
+    return True
+
+
 def remove_disk(path: Path) -> None:
     """Delete a disk file; a missing file is already the wanted state."""
     try:

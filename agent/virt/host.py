@@ -282,6 +282,26 @@ class LibvirtHost:
             time.sleep(self._poll_interval)
         log.info("server %s: disk %s hot-unplugged", server_id, target)
 
+    def grow_disk(self, server_id: str, target: str, size_bytes: int) -> None:
+        """Grow the disk on `target` of the running domain to `size_bytes`, so the guest sees the new size.
+
+        qemu resizes the image file itself (the agent cannot: qemu holds its write lock). A disk already of
+        that size is left alone; libvirt refuses a shrink.
+        """
+
+        def op(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup(conn, server_id)
+            if find_disk_device(dom.XMLDesc(0), target) is None:
+                raise NotFound(f"server {server_id}: no disk {target} in the running guest")
+            capacity = dom.blockInfo(target)[0]  # (capacity, allocation, physical): the guest sees capacity
+            if capacity == size_bytes:
+                return False
+            dom.blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            return True
+
+        if self._run("grow_disk", server_id, op):
+            log.info("server %s: disk %s grown to %s bytes", server_id, target, size_bytes)
+
     def _live_disk(self, server_id: str, target: str) -> bool:
         def op(conn: libvirt.virConnect) -> bool:
             return find_disk_device(self._lookup(conn, server_id).XMLDesc(0), target) is not None

@@ -16,7 +16,9 @@ router = APIRouter()
 @router.post("/v1/{project_id}/cloudservers/delete")
 def delete(project_id: str, body: DeleteServersIn, caller: ProjectCaller, request: Request) -> dict[str, str]:
     ids = [ref.id for ref in body.servers]
-    job_id = servers.delete_servers(request.app.state.ctx, caller.project_id, ids, request_id_var.get())
+    job_id = servers.delete_servers(
+        request.app.state.ctx, caller.project_id, ids, request_id_var.get(), delete_volume=body.delete_volume
+    )
     return {"job_id": job_id}
 
 

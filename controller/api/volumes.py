@@ -14,7 +14,7 @@ from controller.auth.deps import ProjectCaller
 from controller.context import ControllerContext
 from controller.logs import request_id_var
 from controller.models.host import Host
-from controller.models.volume import CreateVolumeIn, UpdateVolumeIn, Volume
+from controller.models.volume import CreateVolumeIn, UpdateVolumeIn, Volume, VolumeActionIn
 from controller.services import volumes
 from controller.services.volume_views import volume_detail
 
@@ -35,6 +35,15 @@ def _detail(ctx: ControllerContext, session: Session, volume: Volume) -> dict[st
 def create(project_id: str, body: CreateVolumeIn, caller: ProjectCaller, request: Request) -> dict[str, Any]:
     job_id, ids = volumes.create_volumes(_ctx(request), caller.project_id, body, request_id_var.get())
     return {"job_id": job_id, "volume_ids": ids}
+
+
+@router.post("/v2.1/{project_id}/cloudvolumes/{volume_id}/action")
+def action(
+    project_id: str, volume_id: str, body: VolumeActionIn, caller: ProjectCaller, request: Request
+) -> dict[str, str]:
+    """`ResizeVolume` (`os-extend`): grow the volume; answered with the job that does it."""
+    job_id = volumes.extend_volume(_ctx(request), caller.project_id, volume_id, body, request_id_var.get())
+    return {"job_id": job_id}
 
 
 @router.get("/v2/{project_id}/cloudvolumes/detail")

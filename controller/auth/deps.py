@@ -100,6 +100,9 @@ async def authenticate(request: Request) -> Caller:
         )
     except signature.SignatureError as exc:
         raise Unauthorized(f"Incorrect IAM authentication information: {exc}") from None
+    # Throttle only verified callers, so nobody can drain another credential's bucket.
+    if ctx.rate_limiter is not None:
+        ctx.rate_limiter.check(entry.caller.access_key)
     header_project = request.headers.get("x-project-id")
     if header_project and header_project != entry.caller.project_id and not entry.caller.is_admin:
         raise Forbidden(

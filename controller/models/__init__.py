@@ -9,6 +9,7 @@ from controller.models.network import IdCounter, Port, SecurityGroup, SecurityGr
 from controller.models.project import Credential, Project
 from controller.models.quota import ClientToken, Quota
 from controller.models.server import Server
+from controller.models.server_group import ServerGroup, ServerGroupMember
 from controller.models.volume import Volume
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "SecurityGroup",
     "SecurityGroupRule",
     "Server",
+    "ServerGroup",
+    "ServerGroupMember",
     "Subnet",
     "Volume",
     "Vpc",

@@ -82,6 +82,10 @@ class TagIn(_Body):
     value: str = ""
 
 
+class SchedulerHintsIn(_Body):
+    group: str | None = None  # a server group id; other Huawei hints are ignored
+
+
 class ServerIn(_Body):
     image_ref: str = PydanticField(alias="imageRef")
     flavor_ref: str = PydanticField(alias="flavorRef")
@@ -102,6 +106,7 @@ class ServerIn(_Body):
     server_tags: list[TagIn] = PydanticField(default_factory=list)
     description: str | None = None
     extendparam: dict[str, Any] | None = None
+    scheduler_hints: SchedulerHintsIn | None = PydanticField(default=None, alias="os:scheduler_hints")
 
 
 class CreateServersIn(_Body):

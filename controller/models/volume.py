@@ -84,3 +84,13 @@ class VolumeAttachmentIn(_Body):
 class AttachVolumeIn(_Body):
     volume_attachment: VolumeAttachmentIn = PydanticField(alias="volumeAttachment")
     dry_run: bool = False
+
+
+class ExtendSizeIn(_Body):
+    new_size: int
+
+
+class VolumeActionIn(_Body):
+    """`POST …/cloudvolumes/{id}/action`: `os-extend` is the one action EVS has there."""
+
+    os_extend: ExtendSizeIn = PydanticField(alias="os-extend")

@@ -32,7 +32,16 @@ from controller.models.image import ACTIVE as IMAGE_ACTIVE
 from controller.models.image import Image
 from controller.models.network import SecurityGroup, Subnet, Vpc
 from controller.models.server import CreateServersIn, Server, ServerIn
-from controller.services import flavors, idempotency, image_store, ipam, keypairs, networks, quotas
+from controller.services import (
+    flavors,
+    idempotency,
+    image_store,
+    ipam,
+    keypairs,
+    networks,
+    quotas,
+    server_groups,
+)
 from controller.state import transition
 
 log = logging.getLogger(__name__)
@@ -109,6 +118,10 @@ def _create(
         refs = _resolve(session, caller.project_id, req, ctx.settings.default_availability_zone)
         root_size = _root_size(checked.root_size, refs.image, refs.flavor)
         result = _insert(session, caller, req, checked, refs, root_size, request_id)
+        if req.scheduler_hints is not None and req.scheduler_hints.group is not None:
+            server_groups.add_members(
+                session, caller.project_id, req.scheduler_hints.group, result.server_ids
+            )
         count = len(result.server_ids)
         quotas.check_servers_added(
             session,

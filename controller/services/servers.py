@@ -30,7 +30,7 @@ from controller.models.job import Job
 from controller.models.network import Port, SecurityGroup, SecurityGroupRule
 from controller.models.server import Server
 from controller.scheduler import HostCandidate, NoValidHost, PlacementRequest, SchedulerPolicy, schedule
-from controller.services import flavors, image_store, keypairs, networks
+from controller.services import flavors, image_store, keypairs, networks, server_groups
 from controller.services.server_views import hostname_of
 from controller.state import DELETED, SHUTOFF, refusal, transition
 
@@ -110,14 +110,22 @@ def begin_transition(session: Session, servers: list[Server], action: str) -> No
             raise Conflict(f"Instance[{server.id}]: {reason}.", code=SERVER_BUSY)
 
 
-def delete_servers(ctx: ControllerContext, project_id: str, server_ids: list[str], request_id: str) -> str:
+def delete_servers(
+    ctx: ControllerContext,
+    project_id: str,
+    server_ids: list[str],
+    request_id: str,
+    *,
+    delete_volume: bool = False,
+) -> str:
+    """Delete the servers; with `delete_volume` their attached data volumes go too, else they become available."""
     with session_scope(ctx.engine) as session:
         servers = get_servers(session, project_id, server_ids)
         begin_transition(session, servers, "delete")
         parent = new_job(project_id, DELETE_JOB, request_id=request_id)
         session.add(parent)
         for server in servers:
-            payload = {"server_id": server.id, "from_status": server.status}
+            payload = {"server_id": server.id, "from_status": server.status, "delete_volume": delete_volume}
             session.add(_sub_job(project_id, DELETE_ONE_JOB, parent.id, payload, request_id))
     log.info("deleting servers %s (job %s)", [s.id for s in servers], parent.id)
     ctx.kick_jobs()
@@ -201,6 +209,7 @@ def claim_host(ctx: ControllerContext, server_id: str, *, any_zone: bool) -> Cla
             ram_mib=flavor.ram_mib,
             disk_gib=server.root_volume_size,
             availability_zone=None if any_zone else server.availability_zone,
+            anti_affinity=server_groups.anti_affinity_for(session, server_id),
         )
         hosts = list(session.exec(select(Host).with_for_update()).all())
         policy = SchedulerPolicy(host_dead_seconds=settings.host_dead_seconds)

@@ -1,4 +1,4 @@
-"""EVS volumes: create, list, show, update, delete, and their attach/detach through ECS.
+"""EVS volumes: create, list, show, update, extend, delete, and their attach/detach through ECS.
 
 Every state change starts with a compare-and-swap from the volume transition table (`volume_state`); the job
 that carries it out lands the volume. A volume reaches a host lazily: its qcow2 is made on the server's host
@@ -28,6 +28,7 @@ from controller.models.volume import (
     CreateVolumeIn,
     UpdateVolumeIn,
     Volume,
+    VolumeActionIn,
     VolumeIn,
 )
 from controller.services.servers import SERVER_BUSY, get_server
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CREATE_JOB, DELETE_JOB = "createVolume", "deleteVolume"
 ATTACH_JOB, DETACH_JOB = "attachVolume", "detachVolume"
+EXTEND_JOB = "extendVolume"
 
 VOLUME_NOT_FOUND = not_found_code("/cloudvolumes")
 VOLUME_BUSY = "EVS.2026"  # labcloud's: the volume's status does not allow the action
@@ -267,6 +269,33 @@ def release_server_volumes(session: Session, server_id: str) -> list[str]:
     return ids
 
 
+def attached_volumes(session: Session, server_id: str) -> list[Volume]:
+    """The live volumes attached (or being attached or detached) to the server."""
+    stmt = select(Volume).where(
+        Volume.server_id == server_id, col(Volume.status).in_((ATTACHING, IN_USE, DETACHING))
+    )
+    return list(session.exec(stmt).all())
+
+
+def delete_server_volumes(session: Session, server_id: str) -> list[str]:
+    """Mark the data volumes of a server being deleted with `delete_volume` as deleted; returns their ids.
+
+    The caller removes their files from the host first; the rows stay, like every deleted volume's.
+    """
+    ids = [v.id for v in attached_volumes(session, server_id)]
+    if ids:
+        now = utcnow()
+        session.exec(
+            update(Volume)
+            .where(col(Volume.id).in_(ids))
+            .values(
+                status=DELETED, deleted_at=now, server_id=None, device=None, attached_at=None, updated_at=now
+            )
+        )
+        log.info("server %s is gone with its volumes: %s deleted", server_id, ids)
+    return ids
+
+
 def _heal(session: Session, volume: Volume) -> Volume:
     """The volume as it should be: released if the server it was attached to has been deleted."""
     if volume.server_id is None:
@@ -292,6 +321,45 @@ def delete_volume(ctx: ControllerContext, project_id: str, volume_id: str, reque
         )
         session.add(job)
     log.info("deleting volume %s (job %s)", volume_id, job.id)
+    ctx.kick_jobs()
+    return job.id
+
+
+def extend_volume(
+    ctx: ControllerContext, project_id: str, volume_id: str, body: VolumeActionIn, request_id: str
+) -> str:
+    """Start growing the volume to `new_size` GiB; 400 unless that is larger than now and within the limit.
+
+    The job's payload keeps the status to return to (available or in-use), since extend ends where it began.
+    An in-use volume grows online, so its server must be in a steady state.
+    """
+    new_size = body.os_extend.new_size
+    with session_scope(ctx.engine) as session:
+        volume = _heal(session, get_volume(session, project_id, volume_id))
+        if new_size <= volume.size:
+            raise BadRequest(
+                f"Invalid new_size {new_size}: volume {volume.id} has {volume.size} GiB and can only grow",
+                code=BAD_VOLUME_REQUEST,
+            )
+        if new_size > MAX_SIZE_GIB:
+            raise BadRequest(
+                f"Invalid new_size {new_size}: at most {MAX_SIZE_GIB} GiB", code=BAD_VOLUME_REQUEST
+            )
+        if volume.server_id is not None:
+            server = session.get(Server, volume.server_id)
+            if server is not None:
+                _check_server_ready(server)
+        back_to = volume.status
+        begin(session, volume, "extend")
+        job = new_job(
+            project_id,
+            EXTEND_JOB,
+            payload={"volume_id": volume.id, "new_size": new_size, "back_to": back_to},
+            entities={"volume_id": volume.id, "size": new_size},
+            request_id=request_id,
+        )
+        session.add(job)
+    log.info("extending volume %s from %s to %s GiB (job %s)", volume_id, volume.size, new_size, job.id)
     ctx.kick_jobs()
     return job.id
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import Conflict, NotFound, VirtError
+from agent.errors import Conflict, NotFound, StorageError, VirtError
 from agent.schemas import ImageRef, ServerAction, ServerSpec, VolumeAttachment, VolumeSpec
 from agent.virt.domain_xml import disk_source, find_disk_device
 from tests.agent.test_service import Rig, make_base_image, make_spec
@@ -151,3 +151,20 @@ def test_deleting_the_server_keeps_the_volume(rig: Rig) -> None:
 
     assert (rig.state / "volumes/vol-1.qcow2").exists()
     assert rig.service.volume_state("vol-1").server_id is None
+
+
+def test_ensure_volume_with_a_larger_size_grows_it_detached_or_on_a_stopped_server(rig: Rig) -> None:
+    path = rig.state / "volumes" / "vol-1.qcow2"
+    rig.service.ensure_volume(VolumeSpec(id="vol-1", size_gib=1))
+    assert rig.service.ensure_volume(VolumeSpec(id="vol-1", size_gib=2)).size_gib == 2
+    assert qemu_info(path)["virtual-size"] == 2 * GIB
+
+    rig.service.ensure_server(stopped_spec(rig.image))
+    rig.service.attach_volume("srv-1", attachment())
+    state = rig.service.ensure_volume(VolumeSpec(id="vol-1", size_gib=3))
+    assert (state.size_gib, state.server_id) == (3, "srv-1")
+    assert qemu_info(path)["virtual-size"] == 3 * GIB
+
+    with pytest.raises(StorageError, match="shrink"):
+        rig.service.ensure_volume(VolumeSpec(id="vol-1", size_gib=1))
+    assert qemu_info(path)["virtual-size"] == 3 * GIB

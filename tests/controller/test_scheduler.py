@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from controller.scheduler import HostCandidate, NoValidHost, PlacementRequest, SchedulerPolicy, schedule
+from controller.scheduler import (
+    AntiAffinity,
+    HostCandidate,
+    NoValidHost,
+    PlacementRequest,
+    SchedulerPolicy,
+    schedule,
+)
 
 SMALL = PlacementRequest(vcpus=1, ram_mib=512, disk_gib=10)
 
@@ -112,3 +119,30 @@ def test_reasons_name_every_filtered_host() -> None:
 def test_filtered_hosts_do_not_hide_a_fitting_one(filtered_first: bool) -> None:
     hosts = [host("bad", enabled=False), host("good")]
     assert schedule(SMALL, hosts if filtered_first else hosts[::-1]) == "good"
+
+
+def grouped(*hosts: str) -> PlacementRequest:
+    return dataclasses.replace(SMALL, anti_affinity=AntiAffinity("g1", frozenset(hosts)))
+
+
+def test_anti_affinity_skips_hosts_holding_a_member() -> None:
+    # h1 has the most free RAM and would win, but it already holds a member of the group.
+    hosts = [host("h1", memory_mib=16384), host("h2")]
+    assert schedule(SMALL, hosts) == "h1"
+    assert schedule(grouped("h1"), hosts) == "h2"
+
+
+def test_anti_affinity_with_every_host_taken_is_no_valid_host() -> None:
+    result = schedule(grouped("h1", "h2"), [host("h1"), host("h2")])
+    reasons = refused(result)
+    assert reasons == {
+        "h1": "already holds a member of anti-affinity server group g1",
+        "h2": "already holds a member of anti-affinity server group g1",
+    }
+    assert isinstance(result, NoValidHost) and "anti-affinity server group g1" in result.message()
+
+
+def test_anti_affinity_with_unknown_hosts_changes_nothing() -> None:
+    # Members on hosts that are gone, or a group with no placed members yet.
+    assert schedule(grouped("gone"), [host("h1")]) == "h1"
+    assert schedule(grouped(), [host("h1")]) == "h1"

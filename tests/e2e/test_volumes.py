@@ -1,6 +1,6 @@
 """EVS volumes on a real guest: the official SDKs create a volume and hot-plug it into a running TCG guest,
-which sees the right size and serial; data written over SSH survives a hot detach, a second attach and a
-stop/start of the server.
+which sees the right size and serial; data written over SSH survives a hot detach, a second attach, an online
+extend (which the guest sees at once) and a stop/start of the server.
 
 The checks inside the guest (sysfs, the raw device's checksum) and on the host (the volume's file) are
 independent of the API.
@@ -31,10 +31,14 @@ from huaweicloudsdkevs.v2 import (
     CreateVolumeRequestBody,
     DeleteVolumeRequest,
     EvsClient,
+    OsExtend,
+    ResizeVolumeRequest,
+    ResizeVolumeRequestBody,
     ShowJobRequest,
     ShowVolumeRequest,
 )
 
+from agent.storage.disks import GIB, image_info
 from tests.e2e import journey
 from tests.support import ssh
 from tests.support.cloud import InNamespace
@@ -165,6 +169,19 @@ def test_hot_attach_write_detach_reattach_read(cloud: Any, keypair: tuple[str, P
         assert guest(client, "cat /sys/block/vdb/serial") == volume_id[:20]
         read_back = guest(client, f"dd if=/dev/vdb bs=1M count={DATA_MIB} 2>/dev/null | sha256sum").split()[0]
         assert read_back == written
+
+        # Online extend: the running guest sees the larger disk at once, with its data untouched.
+        resize = ResizeVolumeRequestBody(os_extend=OsExtend(new_size=2))
+        job = wait_evs_job(
+            evs, evs.resize_volume(ResizeVolumeRequest(volume_id=volume_id, body=resize)).job_id
+        )
+        assert job.status == "SUCCESS", job
+        volume = evs.show_volume(ShowVolumeRequest(volume_id=volume_id)).volume
+        assert (volume.status, volume.size) == ("in-use", 2)
+        wait_in_guest(client, f"test $(cat /sys/block/vdb/size) = {2 * SECTORS_PER_GIB}", "vdb grow to 2 GiB")
+        grown = guest(client, f"dd if=/dev/vdb bs=1M count={DATA_MIB} 2>/dev/null | sha256sum").split()[0]
+        assert grown == written
+        assert image_info(volume_file, fmt="qcow2").virtual_size == 2 * GIB
     finally:
         client.close()
 
@@ -178,6 +195,7 @@ def test_hot_attach_write_detach_reattach_read(cloud: Any, keypair: tuple[str, P
         assert guest(client, "cat /sys/block/vdb/serial") == volume_id[:20]
         after_restart = guest(client, f"dd if=/dev/vdb bs=1M count={DATA_MIB} 2>/dev/null | sha256sum")
         assert after_restart.split()[0] == written
+        assert guest(client, "cat /sys/block/vdb/size") == str(2 * SECTORS_PER_GIB)
         with cloud.entered():
             detach(ecs, server_id, volume_id)
         wait_in_guest(client, "test ! -e /sys/block/vdb", "vdb go away again")

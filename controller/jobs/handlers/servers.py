@@ -153,15 +153,36 @@ def delete_single_server(jctx: JobContext) -> dict[str, Any]:
         else:
             with _agent_errors(server.host_id, "deleting the server", missing_ok=True):
                 client.delete_server(server_id, request_id=request_id_var.get())
+    delete_volumes = bool(jctx.job.payload.get("delete_volume"))
+    if delete_volumes:
+        _delete_volume_files(jctx, server_id)
     now = utcnow()
     with session_scope(jctx.engine) as session:
         ipam.release_ports(session, server_id)
+        if delete_volumes:
+            volumes.delete_server_volumes(session, server_id)
         volumes.release_server_volumes(session, server_id)
         values = {"status": DELETED, "deleted_at": now, "admin_pass": None}
         _land(session, server_id, transition("delete").task_state, values)
     log.info("server %s DELETED", server_id)
     _push_groups(jctx, server)
     return {"server_id": server_id}
+
+
+def _delete_volume_files(jctx: JobContext, server_id: str) -> None:
+    """Remove the files of the server's data volumes from their hosts (after the domain that held them).
+
+    A file already gone is fine, so a resumed job converges; a host no longer registered has nothing to remove.
+    """
+    with jctx.session() as session:
+        placed = [(v.id, v.host_id) for v in volumes.attached_volumes(session, server_id) if v.host_id]
+    for volume_id, host_id in placed:
+        client = _agent(jctx, host_id)
+        if client is None:
+            log.warning("volume %s: host %s is gone; nothing to delete there", volume_id, host_id)
+            continue
+        with _agent_errors(host_id, f"deleting volume {volume_id}", missing_ok=True):
+            client.delete_volume(volume_id, request_id=request_id_var.get())
 
 
 # --- start, stop, reboot ---

@@ -1,4 +1,4 @@
-"""Volume jobs: create, delete, attach and detach one volume each.
+"""Volume jobs: create, delete, attach, detach and extend one volume each.
 
 Steps are idempotent so a resumed job converges: the agent's `PUT` of a volume keeps an existing file, attach
 and detach are no-ops when already done, and the final state change is a compare-and-swap on the transitional
@@ -32,6 +32,7 @@ from controller.services.volumes import (
     CREATE_JOB,
     DELETE_JOB,
     DETACH_JOB,
+    EXTEND_JOB,
     VOLUME_BUSY,
     VOLUME_NOT_FOUND,
     land,
@@ -191,6 +192,42 @@ def detach_volume(jctx: JobContext) -> dict[str, Any]:
         if not land(session, volume.id, transition("detach").during, {"status": AVAILABLE, **_DETACHED}):
             raise JobFailed(VOLUME_BUSY, f"volume {volume.id} changed while it was being detached")
     log.info("volume %s detached from server %s", volume.id, server_id)
+    return done
+
+
+# --- extend ---
+
+
+def _extend_failed(jctx: JobContext, code: str, reason: str) -> None:
+    """Back to where it started, at the size it had: a file that did grow is only larger, never harmed."""
+    payload = jctx.job.payload
+    with session_scope(jctx.engine) as session:
+        land(session, payload["volume_id"], transition("extend").during, {"status": payload["back_to"]})
+    log.info("volume %s: extend failed, %s again: %s", payload["volume_id"], payload["back_to"], reason)
+
+
+@job_handler(EXTEND_JOB, on_fail=_extend_failed)
+def extend_volume(jctx: JobContext) -> dict[str, Any]:
+    """Grow the file on its host (online when a running guest holds it); a volume on no host is a row only."""
+    payload = jctx.job.payload
+    volume = _volume(jctx)
+    new_size: int = payload["new_size"]
+    done = {"volume_id": volume.id, "size": new_size}
+    if volume.status == payload["back_to"] and volume.size == new_size:
+        return done  # a resumed job whose work was already done
+    if volume.status != transition("extend").during:
+        raise JobFailed(VOLUME_BUSY, f"volume {volume.id} is {volume.status}, not being extended")
+    if volume.host_id:
+        client = _agent(jctx, volume.host_id)
+        if client is None:
+            raise JobFailed(AGENT_UNREACHABLE, f"host {volume.host_id} is no longer registered")
+        with _agent_errors(volume.host_id, f"extending volume {volume.id} to {new_size} GiB"):
+            client.put_volume(VolumeSpec(id=volume.id, size_gib=new_size), request_id=request_id_var.get())
+    with session_scope(jctx.engine) as session:
+        values = {"status": payload["back_to"], "size": new_size}
+        if not land(session, volume.id, transition("extend").during, values):
+            raise JobFailed(VOLUME_BUSY, f"volume {volume.id} changed while it was being extended")
+    log.info("volume %s extended to %s GiB", volume.id, new_size)
     return done
 
 

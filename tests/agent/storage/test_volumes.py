@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StorageError
-from agent.storage.disks import create_volume
+from agent.storage.disks import create_volume, grow_volume
 from agent.storage.layout import ensure_volumes_dir, volume_path
 
 GIB = 1024**3
@@ -68,3 +68,22 @@ def test_refuses_an_overlay_or_a_foreign_file(tmp_path: Path) -> None:
 def test_volume_ids_must_be_one_safe_component(tmp_path: Path, bad: str) -> None:
     with pytest.raises(StorageError):
         volume_path(tmp_path, bad)
+
+
+def test_grow_volume_grows_keeps_data_and_never_shrinks(tmp_path: Path) -> None:
+    path = tmp_path / "v.qcow2"
+    create_volume(path, 1)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", str(path)], capture_output=True, check=True
+    )
+
+    assert grow_volume(path, 3) is True
+    assert info(path)["virtual-size"] == 3 * GIB
+    assert grow_volume(path, 3) is False  # already that size: nothing to do
+    with pytest.raises(StorageError, match="refusing to shrink"):
+        grow_volume(path, 2)
+    assert info(path)["virtual-size"] == 3 * GIB
+    check = subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 0 64k", str(path)], capture_output=True, text=True
+    )
+    assert check.returncode == 0 and "Pattern verification failed" not in check.stdout

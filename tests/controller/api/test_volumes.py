@@ -34,6 +34,9 @@ from huaweicloudsdkevs.v2 import (
     DeleteVolumeRequest,
     EvsClient,
     ListVolumesRequest,
+    OsExtend,
+    ResizeVolumeRequest,
+    ResizeVolumeRequestBody,
     ShowJobRequest,
     ShowVolumeRequest,
     UpdateVolumeOption,
@@ -42,7 +45,10 @@ from huaweicloudsdkevs.v2 import (
 )
 from sqlmodel import Session, func, select
 
+from agent.storage.disks import GIB, image_info
+from agent.storage.layout import instance_paths
 from agent.virt.domain_xml import find_disk_device
+from controller.models.job import Job
 from controller.models.volume import Volume
 from controller.services.volume_state import TRANSITIONS, refusal
 from tests.controller.api.helpers import expect_error
@@ -285,3 +291,99 @@ def test_a_deleted_servers_volume_is_not_stuck_in_use(api: Any, agent_host: Any)
         == "SUCCESS"
     )
     assert not volume_file.exists()
+
+
+def extend(evs: Any, volume_id: str, new_size: int) -> Any:
+    body = ResizeVolumeRequestBody(os_extend=OsExtend(new_size=new_size))
+    return evs.resize_volume(ResizeVolumeRequest(volume_id=volume_id, body=body))
+
+
+def test_extend_a_never_attached_volume_changes_its_row_only(api: Any, agent_host: Any) -> None:
+    evs = evs_client(api)
+    (volume_id,) = create_volume(evs, size=1).volume_ids
+    wait_volume(evs, volume_id, "available")
+
+    job = wait_evs_job(evs, extend(evs, volume_id, 3).job_id)
+    assert job.status == "SUCCESS", job
+    assert job.entities.volume_id == volume_id
+    volume = show_volume(evs, volume_id)
+    assert (volume.status, volume.size) == ("available", 3)
+    assert not (agent_host.settings.state_dir / "volumes" / f"{volume_id}.qcow2").exists()
+
+
+def test_extend_grows_the_file_attached_or_detached(api: Any, agent_host: Any) -> None:
+    """On a stopped server (the test driver cannot resize live disks) the agent grows the file itself."""
+    ecs, evs = api.ecs(), evs_client(api)
+    server_id = stopped_server(api)
+    (volume_id,) = create_volume(evs, size=1).volume_ids
+    wait_volume(evs, volume_id, "available")
+    assert wait_job(ecs, attach(ecs, server_id, volume_id).job_id).status == "SUCCESS"
+    volume_file = agent_host.settings.state_dir / "volumes" / f"{volume_id}.qcow2"
+
+    job = wait_evs_job(evs, extend(evs, volume_id, 2).job_id)
+    assert job.status == "SUCCESS", job
+    volume = show_volume(evs, volume_id)
+    assert (volume.status, volume.size) == ("in-use", 2)
+    assert volume.attachments[0].server_id == server_id
+    assert image_info(volume_file, fmt="qcow2").virtual_size == 2 * GIB  # the file, not the API, says so
+
+    assert wait_job(ecs, detach(ecs, server_id, volume_id).job_id).status == "SUCCESS"
+    job = wait_evs_job(evs, extend(evs, volume_id, 4).job_id)
+    assert job.status == "SUCCESS", job
+    assert (show_volume(evs, volume_id).status, show_volume(evs, volume_id).size) == ("available", 4)
+    assert image_info(volume_file, fmt="qcow2").virtual_size == 4 * GIB
+
+
+def test_bad_extend_is_refused_and_changes_nothing(api: Any, agent_host: Any) -> None:
+    evs = evs_client(api)
+    (volume_id,) = create_volume(evs, size=2).volume_ids
+    wait_volume(evs, volume_id, "available")
+
+    def snapshot() -> list[tuple[str, str, int]]:
+        with Session(api.ctx.engine) as session:
+            return [(v.id, v.status, v.size) for v in session.exec(select(Volume).order_by(Volume.id)).all()]
+
+    def jobs() -> int:
+        with Session(api.ctx.engine) as session:
+            return int(session.exec(select(func.count()).select_from(Job)).one())
+
+    before, jobs_before = snapshot(), jobs()
+    expect_error(lambda: extend(evs, volume_id, 1), 400, "EVS.2024")  # smaller
+    expect_error(lambda: extend(evs, volume_id, 2), 400, "EVS.2024")  # the same size
+    expect_error(lambda: extend(evs, volume_id, 40000), 400, "EVS.2024")  # past the limit
+    expect_error(lambda: extend(evs, "no-such-volume", 3), 404, "EVS.2025")
+    other = evs_client(api.new_project("other"))
+    expect_error(lambda: extend(other, volume_id, 3), 404, "EVS.2025")
+    assert (snapshot(), jobs()) == (before, jobs_before)
+
+
+def test_deleting_a_server_with_delete_volume_deletes_its_data_volumes(api: Any, agent_host: Any) -> None:
+    ecs, evs = api.ecs(), evs_client(api)
+    server_id = stopped_server(api)
+    attached, spare = (create_volume(evs, name=n).volume_ids[0] for n in ("attached", "spare"))
+    wait_volume(evs, attached, "available")
+    wait_volume(evs, spare, "available")
+    assert wait_job(ecs, attach(ecs, server_id, attached).job_id).status == "SUCCESS"
+    # `spare` was attached once and detached: its file is on the host but it is not the server's any more.
+    assert wait_job(ecs, attach(ecs, server_id, spare).job_id).status == "SUCCESS"
+    assert wait_job(ecs, detach(ecs, server_id, spare).job_id).status == "SUCCESS"
+    volumes_dir = agent_host.settings.state_dir / "volumes"
+    root_disk = instance_paths(agent_host.settings.state_dir, server_id).root_disk
+    assert root_disk.exists()
+    assert (volumes_dir / f"{attached}.qcow2").exists() and (volumes_dir / f"{spare}.qcow2").exists()
+
+    body = DeleteServersRequestBody(servers=[ServerId(id=server_id)], delete_volume=True)
+    assert wait_job(ecs, ecs.delete_servers(DeleteServersRequest(body=body)).job_id).status == "SUCCESS"
+
+    assert not (volumes_dir / f"{attached}.qcow2").exists()
+    assert not root_disk.exists()  # the root disk always goes
+    expect_error(lambda: show_volume(evs, attached), 404, "EVS.2025")
+    with Session(api.ctx.engine) as session:
+        row = session.get(Volume, attached)
+        assert row is not None and (row.status, row.server_id, row.deleted_at is not None) == (
+            "deleted",
+            None,
+            True,
+        )
+    assert show_volume(evs, spare).status == "available"  # only the server's own volumes go
+    assert (volumes_dir / f"{spare}.qcow2").exists()
