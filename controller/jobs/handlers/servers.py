@@ -9,22 +9,20 @@ outcome with the reason as its fault, after undoing what the job made (agent res
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from agent.client import AgentCallError, AgentClient, AgentClientError, AgentUnreachable
+from agent.client import AgentClientError
 from agent.schemas import ServerAction
 from controller.db import session_scope
 from controller.errors import ApiError
+from controller.jobs.agent_calls import agent_errors, agent_for
 from controller.jobs.registry import JobFailed, job_handler
 from controller.jobs.worker import JobContext
 from controller.logs import request_id_var
 from controller.models.common import utcnow
-from controller.models.host import Host
 from controller.models.server import Server
 from controller.services import ipam, volumes
 from controller.services.server_create import CREATE_ONE_JOB
@@ -59,7 +57,7 @@ def _create_failed(jctx: JobContext, code: str, reason: str) -> None:
     freed = True
     if server.host_id:
         try:
-            client = _agent(jctx, server.host_id)
+            client = agent_for(jctx, server.host_id)
             if client is not None:
                 client.delete_server(server.id, request_id=request_id_var.get())
         except AgentClientError as exc:
@@ -105,10 +103,10 @@ def create_single_server(jctx: JobContext) -> dict[str, Any]:
             spec = build_server_spec(session, current, jctx.ctx.settings)
         except ApiError as exc:
             raise JobFailed(SPEC_FAILED, f"cannot build server {server.id}: {exc.message}") from exc
-    client = _agent(jctx, host_id)
+    client = agent_for(jctx, host_id)
     if client is None:
         raise JobFailed(AGENT_UNREACHABLE, f"host {host_id} is no longer registered")
-    with _agent_errors(host_id, "creating the server"):
+    with agent_errors(host_id, "creating the server"):
         state = client.put_server(spec, request_id=request_id_var.get())
     if state.power != "running":
         raise JobFailed(AGENT_FAILED, f"host {host_id} reports the new server {state.power}, not running")
@@ -143,7 +141,7 @@ def delete_single_server(jctx: JobContext) -> dict[str, Any]:
     if server is None or server.status == DELETED:
         return {"server_id": server_id}
     if server.host_id:
-        client = _agent(jctx, server.host_id)
+        client = agent_for(jctx, server.host_id)
         if client is None:
             log.warning(
                 "server %s: host %s is no longer registered; nothing to delete there",
@@ -151,7 +149,7 @@ def delete_single_server(jctx: JobContext) -> dict[str, Any]:
                 server.host_id,
             )
         else:
-            with _agent_errors(server.host_id, "deleting the server", missing_ok=True):
+            with agent_errors(server.host_id, "deleting the server", missing_ok=True):
                 client.delete_server(server_id, request_id=request_id_var.get())
     delete_volumes = bool(jctx.job.payload.get("delete_volume"))
     if delete_volumes:
@@ -177,11 +175,11 @@ def _delete_volume_files(jctx: JobContext, server_id: str) -> None:
     with jctx.session() as session:
         placed = [(v.id, v.host_id) for v in volumes.attached_volumes(session, server_id) if v.host_id]
     for volume_id, host_id in placed:
-        client = _agent(jctx, host_id)
+        client = agent_for(jctx, host_id)
         if client is None:
             log.warning("volume %s: host %s is gone; nothing to delete there", volume_id, host_id)
             continue
-        with _agent_errors(host_id, f"deleting volume {volume_id}", missing_ok=True):
+        with agent_errors(host_id, f"deleting volume {volume_id}", missing_ok=True):
             client.delete_volume(volume_id, request_id=request_id_var.get())
 
 
@@ -206,11 +204,11 @@ def run_action(jctx: JobContext) -> dict[str, Any]:
         raise JobFailed(
             SERVER_BUSY, f"server {server.id} is {server.status}/{server.task_state}, not {t.task_state}"
         )
-    client = _agent(jctx, server.host_id) if server.host_id else None
+    client = agent_for(jctx, server.host_id) if server.host_id else None
     if client is None:
         raise JobFailed(AGENT_FAILED, f"server {server.id} has no host to run it")
     action = ServerAction(action=_AGENT_VERB[payload["action"]], type=payload.get("type", "SOFT"))  # type: ignore[arg-type]
-    with _agent_errors(server.host_id or "", f"{action.type.lower()} {action.action}"):
+    with agent_errors(server.host_id or "", f"{action.type.lower()} {action.action}"):
         state = client.server_action(server.id, action, request_id=request_id_var.get())
     expected = "shutoff" if t.on_success == SHUTOFF else "running"
     if state.power != expected:
@@ -242,25 +240,6 @@ def _require(jctx: JobContext) -> Server:
         server_id = jctx.job.payload["server_id"]
         raise JobFailed(SERVER_NOT_FOUND, f"Instance[{server_id}] could not be found.")
     return server
-
-
-def _agent(jctx: JobContext, host_id: str) -> AgentClient | None:
-    with jctx.session() as session:
-        host = session.get(Host, host_id)
-    return jctx.ctx.agents.for_host(host) if host is not None else None
-
-
-@contextmanager
-def _agent_errors(host_id: str, what: str, *, missing_ok: bool = False) -> Iterator[None]:
-    """Agent errors become defined job failures whose reason names the host and the step."""
-    try:
-        yield
-    except AgentCallError as exc:
-        if missing_ok and exc.status == 404:
-            return
-        raise JobFailed(AGENT_FAILED, f"{what} failed on host {host_id}: {exc.message} ({exc.code})") from exc
-    except AgentUnreachable as exc:
-        raise JobFailed(AGENT_UNREACHABLE, f"{what}: host {host_id} is unreachable ({exc.reason})") from exc
 
 
 def _fault(code: str, reason: str) -> dict[str, Any]:

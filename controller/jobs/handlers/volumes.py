@@ -8,24 +8,22 @@ status the request set. A failure lands the volume in the transition table's out
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import col
 
-from agent.client import AgentCallError, AgentClient, AgentClientError, AgentUnreachable
+from agent.client import AgentClientError
 from agent.schemas import VolumeAttachment, VolumeSpec
 from controller.db import session_scope
+from controller.jobs.agent_calls import agent_errors, agent_for
 from controller.jobs.registry import JobFailed, job_handler
 from controller.jobs.worker import JobContext
 from controller.logs import request_id_var
 from controller.models.common import utcnow
-from controller.models.host import Host
 from controller.models.server import Server
 from controller.models.volume import Volume
-from controller.services.servers import AGENT_FAILED, AGENT_UNREACHABLE, SERVER_NOT_FOUND
+from controller.services.servers import AGENT_UNREACHABLE, SERVER_NOT_FOUND
 from controller.services.volume_state import AVAILABLE, DELETED, IN_USE, transition
 from controller.services.volumes import (
     ATTACH_JOB,
@@ -79,11 +77,11 @@ def delete_volume(jctx: JobContext) -> dict[str, Any]:
     if volume.status == DELETED:
         return {"volume_id": volume.id}
     if volume.host_id:
-        client = _agent(jctx, volume.host_id)
+        client = agent_for(jctx, volume.host_id)
         if client is None:
             log.warning("volume %s: host %s is gone; nothing to delete there", volume.id, volume.host_id)
         else:
-            with _agent_errors(volume.host_id, f"deleting volume {volume.id}", missing_ok=True):
+            with agent_errors(volume.host_id, f"deleting volume {volume.id}", missing_ok=True):
                 client.delete_volume(volume.id, request_id=request_id_var.get())
     with session_scope(jctx.engine) as session:
         values = {"status": DELETED, "deleted_at": utcnow(), **_DETACHED}
@@ -102,7 +100,7 @@ def _attach_failed(jctx: JobContext, code: str, reason: str) -> None:
     server = _server_or_none(jctx, payload["server_id"])
     if server is not None and server.host_id:
         try:
-            client = _agent(jctx, server.host_id)
+            client = agent_for(jctx, server.host_id)
             if client is not None:
                 client.detach_volume(server.id, payload["volume_id"], request_id=request_id_var.get())
         except AgentClientError as exc:
@@ -140,16 +138,16 @@ def attach_volume(jctx: JobContext) -> dict[str, Any]:
         ).rowcount  # type: ignore[attr-defined]
     if not placed:
         raise JobFailed(VOLUME_BUSY, f"volume {volume.id} is stored on host {volume.host_id}, not {host_id}")
-    client = _agent(jctx, host_id)
+    client = agent_for(jctx, host_id)
     if client is None:
         raise JobFailed(AGENT_UNREACHABLE, f"host {host_id} is no longer registered")
     rid = request_id_var.get()
     attachment = VolumeAttachment(
         volume_id=volume.id, device=device.rsplit("/", 1)[-1], serial=volume.id[:20]
     )
-    with _agent_errors(host_id, f"creating volume {volume.id}"):
+    with agent_errors(host_id, f"creating volume {volume.id}"):
         client.put_volume(VolumeSpec(id=volume.id, size_gib=volume.size), request_id=rid)
-    with _agent_errors(host_id, f"attaching volume {volume.id} to server {server_id}"):
+    with agent_errors(host_id, f"attaching volume {volume.id} to server {server_id}"):
         client.attach_volume(server_id, attachment, request_id=rid)
     with session_scope(jctx.engine) as session:
         if not land(
@@ -181,10 +179,10 @@ def detach_volume(jctx: JobContext) -> dict[str, Any]:
         raise JobFailed(VOLUME_BUSY, f"volume {volume.id} is {volume.status}, not being detached")
     server = _server_or_none(jctx, server_id)
     if server is not None and server.host_id:
-        client = _agent(jctx, server.host_id)
+        client = agent_for(jctx, server.host_id)
         if client is None:
             raise JobFailed(AGENT_UNREACHABLE, f"host {server.host_id} is no longer registered")
-        with _agent_errors(
+        with agent_errors(
             server.host_id, f"detaching volume {volume.id} from server {server_id}", missing_ok=True
         ):
             client.detach_volume(server_id, volume.id, request_id=request_id_var.get())
@@ -218,10 +216,10 @@ def extend_volume(jctx: JobContext) -> dict[str, Any]:
     if volume.status != transition("extend").during:
         raise JobFailed(VOLUME_BUSY, f"volume {volume.id} is {volume.status}, not being extended")
     if volume.host_id:
-        client = _agent(jctx, volume.host_id)
+        client = agent_for(jctx, volume.host_id)
         if client is None:
             raise JobFailed(AGENT_UNREACHABLE, f"host {volume.host_id} is no longer registered")
-        with _agent_errors(volume.host_id, f"extending volume {volume.id} to {new_size} GiB"):
+        with agent_errors(volume.host_id, f"extending volume {volume.id} to {new_size} GiB"):
             client.put_volume(VolumeSpec(id=volume.id, size_gib=new_size), request_id=request_id_var.get())
     with session_scope(jctx.engine) as session:
         values = {"status": payload["back_to"], "size": new_size}
@@ -247,22 +245,3 @@ def _server_or_none(jctx: JobContext, server_id: str) -> Server | None:
     with jctx.session() as session:
         server = session.get(Server, server_id)
     return None if server is None or server.status == SERVER_DELETED else server
-
-
-def _agent(jctx: JobContext, host_id: str) -> AgentClient | None:
-    with jctx.session() as session:
-        host = session.get(Host, host_id)
-    return jctx.ctx.agents.for_host(host) if host is not None else None
-
-
-@contextmanager
-def _agent_errors(host_id: str, what: str, *, missing_ok: bool = False) -> Iterator[None]:
-    """Agent errors become defined job failures whose reason names the host and the step."""
-    try:
-        yield
-    except AgentCallError as exc:
-        if missing_ok and exc.status == 404:
-            return
-        raise JobFailed(AGENT_FAILED, f"{what} failed on host {host_id}: {exc.message} ({exc.code})") from exc
-    except AgentUnreachable as exc:
-        raise JobFailed(AGENT_UNREACHABLE, f"{what}: host {host_id} is unreachable ({exc.reason})") from exc
