@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.cloud import Cloud, CloudFactory, closing
 from tests.support.image import tinycloud_image
@@ -35,3 +37,18 @@ def cloud(guest_image: Path) -> Iterator[Cloud]:
 @pytest.fixture
 def cloud_factory(guest_image: Path) -> Iterator[CloudFactory]:
     yield from closing(CloudFactory(default_env={"LABCLOUD_SEED_IMAGE": str(guest_image)}))
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> tuple[str, Path]:
+    """A fresh ed25519 key pair: (OpenSSH public key, path of the private key file, 0600)."""
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "id_ed25519"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
+    path.chmod(0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return public.decode(), path

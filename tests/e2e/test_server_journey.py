@@ -9,28 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 
 from tests.e2e import journey
 from tests.support import ssh
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def keypair(tmp_path: Path) -> tuple[str, Path]:
-    key = Ed25519PrivateKey.generate()
-    path = tmp_path / "id_ed25519"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-    )
-    path.chmod(0o600)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode(), path
 
 
 def _virsh_domains(cloud: Any) -> list[str]:

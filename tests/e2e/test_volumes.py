@@ -15,8 +15,6 @@ from typing import Any
 
 import paramiko
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkecs.v2 import (
@@ -49,20 +47,6 @@ log = logging.getLogger(__name__)
 WAIT_S = 300.0  # generous: TCG guests on a noisy machine
 SECTORS_PER_GIB = 2 * 1024 * 1024
 DATA_MIB = 8
-
-
-@pytest.fixture
-def keypair(tmp_path: Path) -> tuple[str, Path]:
-    key = Ed25519PrivateKey.generate()
-    path = tmp_path / "id_ed25519"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-    )
-    path.chmod(0o600)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode(), path
 
 
 def evs_client(cloud: Any) -> Any:
