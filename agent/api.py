@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,16 +23,23 @@ from agent.errors import AgentFailure
 from agent.schemas import (
     AgentError,
     ConsoleOutput,
+    DiskExport,
     HostInfo,
+    OverlaySpec,
+    RebuildRequest,
     SecurityGroupSpec,
     ServerAction,
     ServerSpec,
     ServerState,
+    SnapshotSpec,
+    SnapshotState,
     VolumeAttachment,
+    VolumeRollback,
     VolumeSpec,
     VolumeState,
 )
 from agent.service import SERVER_ID_PATTERN, AgentService, InvalidRequest
+from agent.storage.exports import export_file
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +149,12 @@ def _service(request: Request) -> AgentService:
 
 
 class BearerAuthMiddleware:
-    """Refuses every request, known path or not, that lacks `Authorization: Bearer <join token>`."""
+    """Refuses every request, known path or not, that lacks `Authorization: Bearer <join token>` (or one of the
+    `also` tokens: the agent's API token, see `agent.api_token`)."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, also: tuple[str, ...] = ()) -> None:
         self.app = app
-        self._expected = f"bearer {token}".encode()
+        self._accepted = [f"bearer {t}".encode() for t in (token, *also)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self._authorized(scope):
@@ -160,12 +168,16 @@ class BearerAuthMiddleware:
     def _authorized(self, scope: Scope) -> bool:
         presented = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = presented.partition(b" ")
-        return hmac.compare_digest(scheme.lower() + b" " + token.strip(), self._expected)
+        given = scheme.lower() + b" " + token.strip()
+        # Compare with every accepted token, so the time taken does not tell which one nearly matched.
+        matches = [hmac.compare_digest(given, expected) for expected in self._accepted]
+        return any(matches)
 
 
 Service = Annotated[AgentService, Depends(_service)]
 ServerId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
 VolumeId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
+BackupId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
 
 router = APIRouter()
 
@@ -185,6 +197,20 @@ def put_server(server_id: ServerId, spec: ServerSpec, service: Service) -> Serve
     if spec.id != server_id:
         raise InvalidRequest(f"body id {spec.id!r} does not match path id {server_id!r}")
     return service.ensure_server(spec)
+
+
+@router.post("/v1/servers/{server_id}/resize")
+def resize_server(server_id: ServerId, spec: ServerSpec, service: Service) -> ServerState:
+    if spec.id != server_id:
+        raise InvalidRequest(f"body id {spec.id!r} does not match path id {server_id!r}")
+    return service.resize_server(spec)
+
+
+@router.post("/v1/servers/{server_id}/rebuild")
+def rebuild_server(server_id: ServerId, request: RebuildRequest, service: Service) -> ServerState:
+    if request.spec.id != server_id:
+        raise InvalidRequest(f"body id {request.spec.id!r} does not match path id {server_id!r}")
+    return service.rebuild_server(request.spec, request.rebuild_id)
 
 
 @router.get("/v1/servers/{server_id}")
@@ -216,6 +242,13 @@ def put_security_groups(groups: list[SecurityGroupSpec], service: Service) -> Re
     return Response(status_code=204)
 
 
+@router.put("/v1/networks/{vpc_id}/overlay", status_code=204)
+def put_overlay(vpc_id: VolumeId, spec: OverlaySpec, service: Service) -> Response:
+    """The VPC's VXLAN peers and remote ports; a host without that VPC has nothing to update (still 204)."""
+    service.set_overlay(vpc_id, spec)
+    return Response(status_code=204)
+
+
 @router.post("/v1/servers/{server_id}/volumes")
 def attach_volume(server_id: ServerId, attachment: VolumeAttachment, service: Service) -> VolumeAttachment:
     return service.attach_volume(server_id, attachment)
@@ -242,4 +275,53 @@ def get_volume(volume_id: VolumeId, service: Service) -> VolumeState:
 @router.delete("/v1/volumes/{volume_id}", status_code=204)
 def delete_volume(volume_id: VolumeId, service: Service) -> Response:
     service.delete_volume(volume_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/volumes/{volume_id}/rollback")
+def rollback_volume(volume_id: VolumeId, rollback: VolumeRollback, service: Service) -> VolumeState:
+    return service.rollback_volume(volume_id, rollback)
+
+
+# --- volume snapshots ---
+
+SnapshotId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
+
+
+@router.put("/v1/snapshots/{snapshot_id}")
+def put_snapshot(snapshot_id: SnapshotId, spec: SnapshotSpec, service: Service) -> SnapshotState:
+    if spec.id != snapshot_id:
+        raise InvalidRequest(f"body id {spec.id!r} does not match path id {snapshot_id!r}")
+    return service.create_snapshot(spec)
+
+
+@router.get("/v1/snapshots/{snapshot_id}")
+def get_snapshot(snapshot_id: SnapshotId, service: Service) -> SnapshotState:
+    return service.snapshot_state(snapshot_id)
+
+
+@router.delete("/v1/snapshots/{snapshot_id}", status_code=204)
+def delete_snapshot(snapshot_id: SnapshotId, service: Service) -> Response:
+    service.delete_snapshot(snapshot_id)
+    return Response(status_code=204)
+
+
+# --- disk exports: a server's root disk on its way to the controller's image store ---
+
+ExportId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
+
+
+@router.post("/v1/servers/{server_id}/root-export/{export_id}")
+def export_root_disk(server_id: ServerId, export_id: ExportId, service: Service) -> DiskExport:
+    return service.export_root_disk(server_id, export_id)
+
+
+@router.get("/v1/exports/{export_id}/file")
+def download_export(export_id: ExportId, service: Service) -> FileResponse:
+    return FileResponse(export_file(service.state_dir, export_id), media_type="application/octet-stream")
+
+
+@router.delete("/v1/exports/{export_id}", status_code=204)
+def delete_export(export_id: ExportId, service: Service) -> Response:
+    service.delete_export(export_id)
     return Response(status_code=204)

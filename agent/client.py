@@ -13,13 +13,25 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.schemas import (
     AgentError,
+    BackupFile,
+    BackupTake,
+    BackupUpload,
     ConsoleOutput,
+    DiskExport,
     HostInfo,
+    OverlaySpec,
+    RebuildRequest,
     SecurityGroupSpec,
     ServerAction,
+    ServerRestore,
     ServerSpec,
     ServerState,
+    SnapshotSpec,
+    SnapshotState,
+    StagedBackup,
+    UploadedBackup,
     VolumeAttachment,
+    VolumeRollback,
     VolumeSpec,
     VolumeState,
 )
@@ -32,6 +44,7 @@ DEFAULT_TIMEOUT = 180.0
 CONNECT_TIMEOUT = 5.0
 
 _GROUPS = TypeAdapter(list[SecurityGroupSpec])
+_STAGED = TypeAdapter(list[StagedBackup])
 
 
 class AgentClientError(Exception):
@@ -91,6 +104,20 @@ class AgentClient:
         data = self._call("PUT", f"/v1/servers/{spec.id}", json=body, request_id=request_id)
         return ServerState.model_validate(data)
 
+    def resize_server(self, spec: ServerSpec, *, request_id: str | None = None) -> ServerState:
+        """Give the existing server `spec`'s vCPUs, memory and (larger) root disk; stops and starts it."""
+        body = spec.model_dump(mode="json")
+        data = self._call("POST", f"/v1/servers/{spec.id}/resize", json=body, request_id=request_id)
+        return ServerState.model_validate(data)
+
+    def rebuild_server(
+        self, spec: ServerSpec, rebuild_id: str, *, request_id: str | None = None
+    ) -> ServerState:
+        """A new root disk from `spec.image` and a new seed for the existing server (same id, ports, volumes)."""
+        body = RebuildRequest(spec=spec, rebuild_id=rebuild_id).model_dump(mode="json")
+        data = self._call("POST", f"/v1/servers/{spec.id}/rebuild", json=body, request_id=request_id)
+        return ServerState.model_validate(data)
+
     def get_server(self, server_id: str, *, request_id: str | None = None) -> ServerState:
         return ServerState.model_validate(
             self._call("GET", f"/v1/servers/{server_id}", request_id=request_id)
@@ -117,6 +144,11 @@ class AgentClient:
         body = _GROUPS.dump_python(groups, mode="json")
         self._call("PUT", "/v1/security-groups", json=body, request_id=request_id)
 
+    def put_overlay(self, vpc_id: str, spec: OverlaySpec, *, request_id: str | None = None) -> None:
+        """Tell the host the VPC's current VXLAN peers and remote ports (it ignores an older version)."""
+        body = spec.model_dump(mode="json")
+        self._call("PUT", f"/v1/networks/{vpc_id}/overlay", json=body, request_id=request_id)
+
     def put_volume(self, spec: VolumeSpec, *, request_id: str | None = None) -> VolumeState:
         body = spec.model_dump(mode="json")
         data = self._call("PUT", f"/v1/volumes/{spec.id}", json=body, request_id=request_id)
@@ -130,6 +162,26 @@ class AgentClient:
     def delete_volume(self, volume_id: str, *, request_id: str | None = None) -> None:
         self._call("DELETE", f"/v1/volumes/{volume_id}", request_id=request_id)
 
+    def rollback_volume(
+        self, volume_id: str, rollback: VolumeRollback, *, request_id: str | None = None
+    ) -> VolumeState:
+        body = rollback.model_dump(mode="json")
+        data = self._call("POST", f"/v1/volumes/{volume_id}/rollback", json=body, request_id=request_id)
+        return VolumeState.model_validate(data)
+
+    def put_snapshot(self, spec: SnapshotSpec, *, request_id: str | None = None) -> SnapshotState:
+        body = spec.model_dump(mode="json")
+        data = self._call("PUT", f"/v1/snapshots/{spec.id}", json=body, request_id=request_id)
+        return SnapshotState.model_validate(data)
+
+    def get_snapshot(self, snapshot_id: str, *, request_id: str | None = None) -> SnapshotState:
+        return SnapshotState.model_validate(
+            self._call("GET", f"/v1/snapshots/{snapshot_id}", request_id=request_id)
+        )
+
+    def delete_snapshot(self, snapshot_id: str, *, request_id: str | None = None) -> None:
+        self._call("DELETE", f"/v1/snapshots/{snapshot_id}", request_id=request_id)
+
     def attach_volume(
         self, server_id: str, attachment: VolumeAttachment, *, request_id: str | None = None
     ) -> VolumeAttachment:
@@ -139,6 +191,48 @@ class AgentClient:
 
     def detach_volume(self, server_id: str, volume_id: str, *, request_id: str | None = None) -> None:
         self._call("DELETE", f"/v1/servers/{server_id}/volumes/{volume_id}", request_id=request_id)
+
+    def export_root_disk(
+        self, server_id: str, export_id: str, *, request_id: str | None = None
+    ) -> DiskExport:
+        path = f"/v1/servers/{server_id}/root-export/{export_id}"
+        return DiskExport.model_validate(self._call("POST", path, request_id=request_id))
+
+    def export_download(self, export_id: str) -> tuple[str, dict[str, str]]:
+        """URL and headers to stream an export's file (the caller streams it; it can be gigabytes)."""
+        return f"{self.base_url}/v1/exports/{export_id}/file", {
+            "Authorization": self._http.headers["Authorization"]
+        }
+
+    def delete_export(self, export_id: str, *, request_id: str | None = None) -> None:
+        self._call("DELETE", f"/v1/exports/{export_id}", request_id=request_id)
+
+    def take_backups(self, request: BackupTake, *, request_id: str | None = None) -> list[StagedBackup]:
+        """Stage point-in-time copies of the disks on the host (idempotent: staged copies are kept)."""
+        body = request.model_dump(mode="json")
+        data = self._call("POST", "/v1/backups/take", json=body, request_id=request_id)
+        return _STAGED.validate_python(data)
+
+    def upload_backup(self, backup_id: str, url: str, *, request_id: str | None = None) -> UploadedBackup:
+        body = BackupUpload(url=url).model_dump(mode="json")
+        data = self._call("POST", f"/v1/backups/{backup_id}/upload", json=body, request_id=request_id)
+        return UploadedBackup.model_validate(data)
+
+    def discard_backup(self, backup_id: str, *, request_id: str | None = None) -> None:
+        self._call("DELETE", f"/v1/backups/{backup_id}", request_id=request_id)
+
+    def restore_server(
+        self, server_id: str, request: ServerRestore, *, request_id: str | None = None
+    ) -> None:
+        body = request.model_dump(mode="json")
+        self._call("POST", f"/v1/servers/{server_id}/restore", json=body, request_id=request_id)
+
+    def restore_volume(
+        self, volume_id: str, backup: BackupFile, *, request_id: str | None = None
+    ) -> VolumeState:
+        body = backup.model_dump(mode="json")
+        data = self._call("POST", f"/v1/volumes/{volume_id}/restore", json=body, request_id=request_id)
+        return VolumeState.model_validate(data)
 
     def _call(
         self,

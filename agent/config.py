@@ -52,6 +52,9 @@ class AgentSettings(BaseSettings):
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     availability_zone: str = "lab-1a"
     network_driver: Literal["linux", "null"] = "linux"
+    # This host's VTEP address for VPC overlays (VXLAN); unset: the address it reaches the controller from,
+    # unless that is loopback (all-in-one: no overlay).
+    underlay_ip: str | None = None
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     # How long a soft stop or soft reboot waits for the guest to react to the ACPI button before forcing it.
     acpi_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -18,6 +18,8 @@ from agent.api import (
     install_error_handlers,
     router,
 )
+from agent.api_backups import router as backup_router
+from agent.api_token import load_or_create
 from agent.config import AgentSettings
 from agent.memtrim import start_idle_trimmer
 from agent.schemas import HostInfo
@@ -53,10 +55,12 @@ class Heartbeat:
         host_info: Callable[[], HostInfo],
         *,
         transport: httpx.BaseTransport | None = None,
+        api_token: str | None = None,
     ) -> None:
         self._url = controller_url.rstrip("/") + "/internal/hosts"
         self._interval = interval
         self._host_info = host_info
+        self._api_token = api_token  # reported so the controller can call this agent
         self._http = httpx.Client(
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(30.0, connect=5.0),
@@ -79,6 +83,8 @@ class Heartbeat:
         """One registration/heartbeat call; True when the controller accepted it."""
         try:
             info = self._host_info()
+            if self._api_token:
+                info = info.model_copy(update={"agent_token": self._api_token})
             response = self._http.post(self._url, json=info.model_dump(mode="json"))
             response.raise_for_status()
         except Exception as exc:  # any failure is retried at the next tick
@@ -139,6 +145,7 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
                 settings.join_token.get_secret_value(),
                 settings.heartbeat_seconds,
                 agent.host_info,
+                api_token=api_token,
             )
             heartbeat.start()
         app.state.heartbeat = heartbeat
@@ -159,8 +166,10 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
     app.state.service = service
     # The last added is the outermost: the request id is set first, so refusals and crashes carry it too.
     app.add_middleware(CrashGuardMiddleware)
-    app.add_middleware(BearerAuthMiddleware, token=settings.join_token.get_secret_value())
+    api_token = load_or_create(settings.state_dir)
+    app.add_middleware(BearerAuthMiddleware, token=settings.join_token.get_secret_value(), also=(api_token,))
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(backup_router)
     return app

@@ -23,13 +23,33 @@ class SubnetSpec(BaseModel):
     mtu: int = 1450
 
 
+class RemotePort(BaseModel):
+    """A port of the VPC on another host: the local router reaches it without ARP (a static neighbour)."""
+
+    ip: str
+    mac: str
+
+
+class OverlaySpec(BaseModel):
+    """The rest of a VPC as one host sees it: the other hosts' VTEPs (underlay IPs) to flood to, and their ports.
+
+    `version` is the controller's clock (ns) when it was computed: a host keeps the newest one it was given, so
+    a stale copy (in an old server spec, or a retried call) never overrides a newer push.
+    """
+
+    version: int = 0
+    peers: list[str] = Field(default_factory=list)
+    remote_ports: list[RemotePort] = Field(default_factory=list)
+
+
 class NetworkSpec(BaseModel):
-    """A VPC as one host sees it: a bridge, a router namespace with the gateways, DHCP."""
+    """A VPC as one host sees it: a bridge, a router namespace with the gateways, DHCP, the VXLAN overlay."""
 
     vpc_id: str
     vni: int
     cidr: str
     subnets: list[SubnetSpec] = Field(default_factory=list)
+    overlay: OverlaySpec = Field(default_factory=OverlaySpec)
 
 
 class RuleSpec(BaseModel):
@@ -107,17 +127,125 @@ class ServerState(BaseModel):
     accelerator: str | None = None
 
 
+class BackupFile(BaseModel):
+    """One disk backup in the controller's backup store: `url` to GET it (join token), its sha256, or
+    `url` None for a disk that was never written (restores as an empty disk)."""
+
+    url: str | None
+    checksum: str | None = None
+
+
+class BackupDisk(BaseModel):
+    backup_id: str  # the disk backup's id (one child of a server backup)
+    volume_id: str | None = None  # None: the server's root disk
+
+
+class BackupTake(BaseModel):
+    """`POST /v1/backups/take`: copy these disks from one point in time into the host's backup staging.
+
+    `server_id` set: disks of that server (root and attached volumes); None: each disk is a volume, copied
+    through whichever server attaches it, if any. Copies already staged are kept, so a retry is harmless."""
+
+    server_id: str | None = None
+    disks: list[BackupDisk]
+
+
+class StagedBackup(BaseModel):
+    backup_id: str
+    size: int  # bytes of the staged qcow2
+    virtual_size: int  # bytes the guest sees
+    consistent_with: Literal["running", "shutoff", "detached"]
+
+
+class BackupUpload(BaseModel):
+    """`POST /v1/backups/{id}/upload`: stream the staged copy to `url` (the controller's backup store)."""
+
+    url: str
+
+
+class UploadedBackup(BaseModel):
+    backup_id: str
+    size: int
+    checksum: str  # sha256
+
+
+class DiskRestore(BaseModel):
+    backup: BackupFile
+    volume_id: str | None = None  # None: the server's root disk
+
+
+class ServerRestore(BaseModel):
+    """`POST /v1/servers/{id}/restore`: replace the stopped server's disks with backups, keeping their sizes."""
+
+    disks: list[DiskRestore]
+
+
+class VolumeSource(BaseModel):
+    """What a new volume's file is filled from: an image (through the agent's image cache, as for root disks),
+    or a snapshot stored on the same host."""
+
+    kind: Literal["image", "snapshot", "backup"]
+    id: str
+    image: ImageRef | None = None  # kind "image": where the agent fetches it
+    backup: BackupFile | None = None  # kind "backup": where the agent fetches it
+
+
+class RebuildRequest(BaseModel):
+    """`POST /v1/servers/{id}/rebuild`: a new root disk and seed from `spec` (reinstall or change OS).
+
+    `rebuild_id` (the controller's job id) makes a repeated call harmless: its disks are made only once.
+    """
+
+    spec: ServerSpec
+    rebuild_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
 class VolumeSpec(BaseModel):
-    """A data volume on one host: a qcow2 file of `size_gib`. `PUT /v1/volumes/{id}` makes sure it exists."""
+    """A data volume on one host: a qcow2 file of `size_gib`. `PUT /v1/volumes/{id}` makes sure it exists.
+
+    `source` fills the file when it is first made (never afterwards); None makes an empty volume.
+    """
 
     id: str
     size_gib: int = Field(ge=1)
+    source: VolumeSource | None = None
+
+
+class VolumeRollback(BaseModel):
+    """`POST /v1/volumes/{id}/rollback`: replace the detached volume's data with `source` (None: empty it)."""
+
+    source: VolumeSource | None = None
+
+
+class SnapshotSpec(BaseModel):
+    """A point-in-time copy of one volume on this host. `PUT /v1/snapshots/{id}` makes it once; a later PUT
+    keeps the copy it made."""
+
+    id: str
+    volume_id: str
+
+
+class SnapshotState(BaseModel):
+    id: str
+    size_gib: int
 
 
 class VolumeState(BaseModel):
     id: str
     size_gib: int
     server_id: str | None = None  # the server on this host whose spec attaches it
+
+
+class DiskExport(BaseModel):
+    """A server's root disk flattened to a standalone qcow2 on the host (`POST /v1/servers/{id}/root-export`),
+    fetched with `GET /v1/exports/{id}/file` and removed with `DELETE /v1/exports/{id}`."""
+
+    id: str
+    server_id: str
+    size: int  # bytes of the file
+    virtual_size: int  # bytes the guest saw
+    checksum: str  # sha256 of the file
+    consistent_with: Literal["running", "shutoff"]  # how it was taken: live point-in-time copy, or stopped
 
 
 class ServerAction(BaseModel):
@@ -141,6 +269,10 @@ class HostInfo(BaseModel):
     disk_gib: int
     availability_zone: str = "lab-1a"
     servers: list[ServerState] = Field(default_factory=list)
+    underlay_ip: str | None = None  # this host's VTEP address; None: single-host, no overlay
+    # The bearer secret this agent accepts from the controller (besides its join token, which the controller
+    # keeps only as a hash when it is a per-host token); None: the controller uses the shared join token.
+    agent_token: str | None = None
 
 
 class AgentError(BaseModel):

@@ -24,36 +24,60 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
+from agent.backups import BackupAgent
 from agent.config import AgentSettings
 from agent.errors import AgentFailure, Conflict, NetworkError, NotFound, StorageError, VirtError
 from agent.net.names import bridge_name, tap_name
 from agent.net.network import HostNetwork, Network, NullNetwork
+from agent.net.overlay import resolve_underlay
 from agent.net.ports import BoundPort
+from agent.reshape import Reshaper
 from agent.schemas import (
+    DiskExport,
     HostInfo,
+    OverlaySpec,
     PortSpec,
     SecurityGroupSpec,
     ServerAction,
     ServerSpec,
     ServerState,
+    SnapshotSpec,
+    SnapshotState,
     VolumeAttachment,
+    VolumeRollback,
+    VolumeSource,
     VolumeSpec,
     VolumeState,
 )
-from agent.storage.disks import create_overlay, create_volume, grow_volume, image_info, remove_disk
+from agent.storage.backups import sweep_partials
+from agent.storage.disks import (
+    convert_to_qcow2,
+    create_overlay,
+    create_volume,
+    grow_volume,
+    image_info,
+    remove_disk,
+)
+from agent.storage.exports import describe_export, remove_export
 from agent.storage.images import ImageCache
 from agent.storage.layout import (
     ensure_instance_dir,
+    ensure_snapshots_dir,
+    ensure_traversable_dir,
     ensure_volumes_dir,
+    export_path,
     image_cache_dir,
     instance_paths,
     remove_instance_dir,
+    snapshot_path,
     volume_path,
 )
 from agent.storage.seed import build_seed, dhcp_network_config
+from agent.storage.snapshots import copy_volume, fill_volume, publish, temp_path
 from agent.virt.accel import detect_accelerator
 from agent.virt.designer import design_domain
 from agent.virt.domain_xml import DiskSpec, render_disk_device, render_domain
@@ -185,13 +209,18 @@ class AgentService:
         self._locks_guard = threading.Lock()
         self._sync_lock = threading.RLock()
         self._idle_networks: dict[str, float] = {}  # VPC -> when its last port on this host went (monotonic)
+        self.backups = BackupAgent(self)
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> AgentService:
         state = settings.state_dir
         state.mkdir(parents=True, exist_ok=True)
         accelerator = detect_accelerator(settings.accelerator, cache_file=state / "accelerator.json")
-        network: Network = HostNetwork(state) if settings.network_driver == "linux" else NullNetwork()
+        network: Network = (
+            HostNetwork(state, underlay_ip=resolve_underlay(settings.underlay_ip, settings.controller_url))
+            if settings.network_driver == "linux"
+            else NullNetwork()
+        )
         host = LibvirtHost(settings.libvirt_uri)
         log.info(
             "agent service on %s: accelerator %s, network driver %s",
@@ -220,6 +249,7 @@ class AgentService:
     def resync(self) -> None:
         """Re-ensure networks, DHCP and firewall for every stored spec; run once at start-up."""
         specs = self._specs.all()
+        sweep_partials(self.state_dir)  # copies and downloads a killed agent left half-written
         networks = {net.vpc_id: net for spec in specs for net in spec.networks}
         with self._sync_lock:
             for net in networks.values():
@@ -227,10 +257,27 @@ class AgentService:
             self._sync_ports()
             self._delete_orphan_networks()
         domains = self._host.list_servers()
-        missing = [spec.id for spec in specs if spec.id not in domains]
+        missing = [spec for spec in specs if spec.id not in domains]
         if missing:
-            log.warning("stored specs without a libvirt domain: %s", ", ".join(missing))
-        log.info("resynced %d servers and %d networks from stored specs", len(specs), len(networks))
+            log.warning("stored specs without a libvirt domain: %s", ", ".join(s.id for s in missing))
+        restored = sum(self._restore(spec) for spec in missing)
+        log.info(
+            "resynced %d servers (%d domains restored) and %d networks from stored specs",
+            len(specs),
+            restored,
+            len(networks),
+        )
+
+    def _restore(self, spec: ServerSpec) -> bool:
+        """Bring back a server whose spec survived but whose domain did not: an agent killed between storing the
+        spec and defining the domain, or a hypervisor that lost its definitions (libvirt's test driver forgets
+        everything with its process). The spec is what the controller wants, so the host is made to match it."""
+        try:
+            self.ensure_server(spec)
+        except Exception:  # one server must not keep the host from starting; the reconciler sees it missing
+            log.exception("server %s: restoring its domain from the stored spec failed", spec.id)
+            return False
+        return True
 
     # ---- servers -------------------------------------------------------------------------------------------
 
@@ -343,6 +390,31 @@ class AgentService:
             with step(sid, "syncing ports", NetworkError):
                 self._sync_ports()
 
+    def resize_server(self, spec: ServerSpec) -> ServerState:
+        """New vCPUs, memory and a larger root disk for an existing server (see `agent.reshape`)."""
+        check_server_id(spec.id)
+        with self._server_lock(spec.id):
+            return self._reshaper().resize(spec)
+
+    def rebuild_server(self, spec: ServerSpec, rebuild_id: str) -> ServerState:
+        """A new root disk and seed for an existing server: reinstall or change OS (see `agent.reshape`)."""
+        check_server_id(spec.id)
+        with self._server_lock(spec.id):
+            return self._reshaper().rebuild(spec, rebuild_id)
+
+    def _reshaper(self) -> Reshaper:
+        return Reshaper(
+            state_dir=self.state_dir,
+            host=self._host,
+            images=self._images,
+            get_spec=self._specs.get,
+            put_spec=self._specs.put,
+            accelerator=self.accelerator,
+            acpi_timeout=self.settings.acpi_timeout_seconds,
+            nic_names=_nic_names,
+            volume_disk=self._volume_disk,
+        )
+
     def delete_server(self, server_id: str) -> None:
         """Remove the server and everything it owns on this host; deleting a missing server succeeds."""
         check_server_id(server_id)
@@ -372,7 +444,12 @@ class AgentService:
         with self._server_lock(_volume_key(spec.id)):
             with step(spec.id, "creating volume", StorageError):
                 ensure_volumes_dir(self.state_dir)
-                create_volume(path, spec.size_gib)
+                if spec.source is None or path.exists():
+                    create_volume(path, spec.size_gib)
+                elif spec.source.kind == "backup" and spec.source.backup is not None:
+                    self.backups.fill_new_volume(path, spec.size_gib, spec.source.backup)
+                else:
+                    fill_volume(path, spec.size_gib, *self._source_file(spec.source))
             if image_info(path, fmt="qcow2").virtual_size != spec.size_gib * GIB:
                 self._grow_volume(spec)
         return self.volume_state(spec.id)
@@ -411,6 +488,93 @@ class AgentService:
             with step(volume_id, "removing volume", StorageError):
                 remove_disk(volume_path(self.state_dir, volume_id))
         log.info("volume %s deleted", volume_id)
+
+    # ---- snapshots -----------------------------------------------------------------------------------------
+
+    def create_snapshot(self, spec: SnapshotSpec) -> SnapshotState:
+        """Copy the volume to `<state>/snapshots/<id>.qcow2` once (a later call keeps that copy). A volume in a
+        running guest is copied through libvirt's backup job, at one instant while the guest keeps writing;
+        otherwise with qemu-img, holding the volume's lock so that nothing attaches it meanwhile."""
+        check_server_id(spec.id)
+        check_server_id(spec.volume_id)
+        target = snapshot_path(self.state_dir, spec.id)
+        volume = volume_path(self.state_dir, spec.volume_id)
+        with self._server_lock(_volume_key(spec.volume_id)):
+            if not target.exists():
+                if not volume.exists():
+                    raise NotFound(f"volume {spec.volume_id} not found on this host")
+                ensure_snapshots_dir(self.state_dir)
+                holder = self._volume_holder(spec.volume_id)
+                if holder is None:
+                    with step(spec.volume_id, f"copying to snapshot {spec.id}", StorageError):
+                        copy_volume(volume, target)
+                else:
+                    with self._server_lock(holder):
+                        self._snapshot_attached(holder, spec, volume, target)
+        log.info("snapshot %s of volume %s ready", spec.id, spec.volume_id)
+        return self.snapshot_state(spec.id)
+
+    def _snapshot_attached(self, holder: str, spec: SnapshotSpec, volume: Path, target: Path) -> None:
+        attachments = self._require_spec(holder).volumes or []
+        attachment = next(a for a in attachments if a.volume_id == spec.volume_id)
+        if self._host.power_state(holder) not in _ACTIVE:
+            with step(spec.volume_id, f"copying to snapshot {spec.id}", StorageError):
+                copy_volume(volume, target)
+            return
+        tmp = temp_path(target)
+        try:
+            with step(holder, f"copying {attachment.device} to snapshot {spec.id} online", VirtError):
+                self._host.backup_disks(holder, {attachment.device: tmp})
+            with step(spec.volume_id, f"storing snapshot {spec.id}", StorageError):
+                publish(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def snapshot_state(self, snapshot_id: str) -> SnapshotState:
+        check_server_id(snapshot_id)
+        path = snapshot_path(self.state_dir, snapshot_id)
+        if not path.exists():
+            raise NotFound(f"snapshot {snapshot_id} not found on this host")
+        return SnapshotState(id=snapshot_id, size_gib=image_info(path, fmt="qcow2").virtual_size // GIB)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove the snapshot's file; a missing one is already the wanted state."""
+        check_server_id(snapshot_id)
+        with step(snapshot_id, "removing snapshot", StorageError):
+            remove_disk(snapshot_path(self.state_dir, snapshot_id))
+        log.info("snapshot %s deleted", snapshot_id)
+
+    def rollback_volume(self, volume_id: str, rollback: VolumeRollback) -> VolumeState:
+        """Replace a detached volume's data with the source's (a snapshot, an image, or nothing), keeping its
+        size; Conflict while a server on this host attaches it."""
+        check_server_id(volume_id)
+        path = volume_path(self.state_dir, volume_id)
+        with self._server_lock(_volume_key(volume_id)):
+            holder = self._volume_holder(volume_id)
+            if holder is not None:
+                raise Conflict(f"volume {volume_id} is attached to server {holder}; detach it first")
+            if not path.exists():
+                raise NotFound(f"volume {volume_id} not found on this host")
+            size_gib = image_info(path, fmt="qcow2").virtual_size // GIB
+            source = rollback.source
+            what = f"{source.kind} {source.id}" if source else "an empty volume"
+            with step(volume_id, f"rolling back to {what}", StorageError):
+                file, fmt = self._source_file(source) if source else (None, "qcow2")
+                fill_volume(path, size_gib, file, fmt, replace=True)
+        log.info("volume %s rolled back to %s", volume_id, what)
+        return self.volume_state(volume_id)
+
+    def _source_file(self, source: VolumeSource) -> tuple[Path, str]:
+        """The file (and its format) a volume is filled from."""
+        if source.kind == "snapshot":
+            path = snapshot_path(self.state_dir, source.id)
+            if not path.exists():
+                raise NotFound(f"snapshot {source.id} not found on this host")
+            return path, "qcow2"
+        if source.image is None:
+            raise InvalidRequest(f"volume source image {source.id} comes without its image reference")
+        with step(source.id, "fetching image", StorageError):
+            return self._images.ensure(source.image), source.image.disk_format
 
     def attach_volume(self, server_id: str, attachment: VolumeAttachment) -> VolumeAttachment:
         """Plug an existing volume into the server: hot (live and config) when it runs, config when it is off.
@@ -548,11 +712,17 @@ class AgentService:
             memory_mib=memory_mib,
             disk_gib=shutil.disk_usage(self.state_dir).total // GIB,
             availability_zone=self.settings.availability_zone,
+            underlay_ip=getattr(self._network, "underlay_ip", None),
             servers=[
                 ServerState(id=sid, power=power, accelerator=self.accelerator)
                 for sid, power in sorted(powers.items())
             ],
         )
+
+    def set_overlay(self, vpc_id: str, spec: OverlaySpec) -> bool:
+        """New VXLAN peers and remote ports of a VPC (a controller push); False if this host lacks the VPC."""
+        with self._sync_lock:
+            return self._network.set_overlay(vpc_id, spec)
 
     def update_security_groups(self, groups: list[SecurityGroupSpec]) -> None:
         """Replace these groups in every stored spec that uses them, then re-apply the firewall."""
@@ -570,6 +740,44 @@ class AgentService:
         with self._sync_lock:
             self._sync_ports()
         log.info("security groups %s updated in %d server specs", ", ".join(sorted(by_id)) or "-", changed)
+
+    # ---- disk exports (private images from servers) -------------------------------------------------------
+
+    def export_root_disk(self, server_id: str, export_id: str) -> DiskExport:
+        """Flatten the server's root disk into `<state>/exports/<export_id>.qcow2` (no backing file).
+
+        A running guest is copied from one point in time by libvirt's backup job while it keeps running (crash
+        consistent, like pulling the plug); a stopped one with `qemu-img convert` of its overlay chain. The
+        server lock keeps a stopped guest from starting meanwhile. Doing it again replaces the export.
+        """
+        check_server_id(server_id)
+        check_server_id(export_id)
+        target = export_path(self.state_dir, export_id)
+        with self._server_lock(server_id):
+            self._require_spec(server_id)
+            ensure_traversable_dir(target.parent)
+            if self._host.power_state(server_id) in _ACTIVE:
+                taken: Literal["running", "shutoff"] = "running"
+                with step(server_id, "copying the running root disk", VirtError):
+                    self._host.backup_disks(server_id, {"vda": target})
+            else:
+                taken = "shutoff"
+                with step(server_id, "flattening the root disk", StorageError):
+                    root = instance_paths(self.state_dir, server_id).root_disk
+                    partial = target.with_name(f".{target.name}.part")
+                    try:
+                        convert_to_qcow2(root, partial, source_format="qcow2")
+                        partial.replace(target)
+                    finally:
+                        partial.unlink(missing_ok=True)
+            with step(server_id, "describing the export", StorageError):
+                export = describe_export(self.state_dir, export_id, server_id, taken)
+        log.info("server %s: root disk exported as %s (%s)", server_id, export_id, taken)
+        return export
+
+    def delete_export(self, export_id: str) -> None:
+        check_server_id(export_id)
+        remove_export(self.state_dir, export_id)
 
     # ---- helpers -------------------------------------------------------------------------------------------
 

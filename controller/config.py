@@ -41,15 +41,23 @@ class Settings(BaseSettings):
     quota_ram_mib: int = 51200
     quota_security_groups: int = 100
     quota_key_pairs: int = 100
+    quota_volumes: int = 50  # EVS volumes
+    quota_gigabytes: int = 5000  # EVS GiB over all volumes
     client_token_hours: float = 8.0  # how long a create's X-Client-Token replays the same answer
     # Requests per second per access key (token bucket; 0 turns limiting off) and the burst a bucket holds.
     # Generous: a limit against runaway scripts, far above what tests and the console send.
     rate_limit_per_second: float = 500.0
     rate_limit_burst: int = 1000
+    backup_dir: Path | None = None  # the directory backup store; default `<home>/backups`
 
     @property
     def controller_dir(self) -> Path:
         return self.home / "controller"
+
+    @property
+    def backup_store_dir(self) -> Path:
+        """Where CBR backups are kept (the directory backup store)."""
+        return self.backup_dir or self.home / "backups"
 
     @property
     def image_dir(self) -> Path:

@@ -20,17 +20,21 @@ if TYPE_CHECKING:
 
 @dataclass
 class AgentClients:
-    """One typed client per agent URL, created on first use."""
+    """One typed client per agent URL and bearer secret, created on first use.
+
+    `token` is the shared join token; a host that reported its own `agent_token` is called with that.
+    """
 
     token: str
-    _clients: dict[str, AgentClient] = field(default_factory=dict)
+    _clients: dict[tuple[str, str], AgentClient] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def for_host(self, host: Host) -> AgentClient:
+        key = (host.url, host.agent_token or self.token)
         with self._lock:
-            client = self._clients.get(host.url)
+            client = self._clients.get(key)
             if client is None:
-                client = self._clients[host.url] = AgentClient(host.url, self.token)
+                client = self._clients[key] = AgentClient(*key)
             return client
 
 

@@ -18,10 +18,12 @@ BUILD, ACTIVE, SHUTOFF, REBOOT, HARD_REBOOT, ERROR, DELETED = (
     "ERROR",
     "DELETED",
 )
-STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, HARD_REBOOT, ERROR, DELETED)
+RESIZE, REBUILD = "RESIZE", "REBUILD"
+STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, HARD_REBOOT, ERROR, DELETED, RESIZE, REBUILD)
 
 # Huawei/Nova power_state codes for OS-EXT-STS:power_state.
 POWER_STATE = {BUILD: 0, ACTIVE: 1, SHUTOFF: 4, REBOOT: 1, HARD_REBOOT: 1, ERROR: 0, DELETED: 0}
+POWER_STATE.update({RESIZE: 4, REBUILD: 4})  # the guest is stopped for both
 VM_STATE = {
     BUILD: "building",
     ACTIVE: "active",
@@ -30,6 +32,8 @@ VM_STATE = {
     HARD_REBOOT: "active",
     ERROR: "error",
     DELETED: "deleted",
+    RESIZE: "active",
+    REBUILD: "active",
 }
 
 
@@ -52,6 +56,14 @@ TRANSITIONS: dict[str, Transition] = {
         Transition("reboot_soft", frozenset({ACTIVE}), REBOOT, "rebooting", ACTIVE, ERROR),
         Transition("reboot_hard", frozenset({ACTIVE}), HARD_REBOOT, "rebooting_hard", ACTIVE, ERROR),
         Transition("delete", frozenset({ACTIVE, SHUTOFF, ERROR}), None, "deleting", DELETED, ERROR),
+        # A resize keeps the power state, so a running and a stopped server take different rows; a failure
+        # goes back to the old flavor (the job lands ERROR only if the host cannot say what it has).
+        Transition("resize", frozenset({ACTIVE}), RESIZE, "resize_prep", ACTIVE, None),
+        Transition("resize_stopped", frozenset({SHUTOFF}), RESIZE, "resize_prep", SHUTOFF, None),
+        # Reinstall and change OS: the old root disk is gone once the host replaced it, so no way back.
+        Transition("rebuild", frozenset({ACTIVE, SHUTOFF}), REBUILD, "rebuilding", ACTIVE, ERROR),
+        # CBR restore of a server backup: stopped, disks replaced, started again (or left off).
+        Transition("restore", frozenset({ACTIVE, SHUTOFF}), None, "restoring", ACTIVE, ERROR),
     )
 }
 
@@ -62,6 +74,10 @@ _VERB = {
     "reboot_hard": "rebooted",
     "delete": "deleted",
     "create": "created",
+    "resize": "resized",
+    "resize_stopped": "resized",
+    "rebuild": "rebuilt",
+    "restore": "restored",
 }
 
 

@@ -197,3 +197,100 @@ def disable_ipv6(name: str) -> None:
     knob = Path("/proc/sys/net/ipv6/conf") / name / "disable_ipv6"
     if knob.exists() and knob.read_text().strip() != "1":
         knob.write_text("1\n")
+
+
+# --- VXLAN overlay ---
+
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+ALL_ZEROS_MAC = "00:00:00:00:00:00"  # the fdb entry a VXLAN device floods broadcast/unknown frames to
+NUD_PERMANENT = 0x80
+
+
+def link_with_address(ipr: IPRoute, address: str) -> tuple[int, int]:
+    """(index, MTU) of the link that carries the IPv4 `address`; NetworkError if none does."""
+    for addr in ipr.get_addr(family=socket.AF_INET, address=address):
+        idx = addr["index"]
+        return idx, int(ipr.get_links(idx)[0].get("mtu"))
+    raise NetworkError(f"no interface here has the underlay address {address}")
+
+
+def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: str, underlay_idx: int, mtu: int) -> int:
+    """A VXLAN device with MAC learning on (flooding goes to the fdb's all-zeros entries), up; returns its index.
+
+    One whose VNI, local address or underlay link differ is rebuilt (its flood entries go with it).
+    """
+    idx = index(ipr, name)
+    if idx is not None:
+        link = ipr.get_links(idx)[0]
+        data = ("IFLA_LINKINFO", "IFLA_INFO_DATA")
+        have = (
+            _kind(ipr, idx),
+            link.get_nested(*data, "IFLA_VXLAN_ID"),
+            link.get_nested(*data, "IFLA_VXLAN_LOCAL"),
+            link.get_nested(*data, "IFLA_VXLAN_LINK"),
+        )
+        if have != ("vxlan", vni, local, underlay_idx):
+            log.info("rebuilding %s: it is %s, want vxlan vni %s local %s", name, have, vni, local)
+            ipr.link("del", index=idx)
+            idx = None
+    if idx is None:
+        ipr.link(
+            "add",
+            ifname=name,
+            kind="vxlan",
+            vxlan_id=vni,
+            vxlan_local=local,
+            vxlan_port=VXLAN_PORT,
+            vxlan_link=underlay_idx,
+            vxlan_learning=1,
+            mtu=mtu,
+        )
+        idx = index(ipr, name)
+        if idx is None:
+            raise NetworkError(f"vxlan {name} was created but cannot be found")
+        log.info("created vxlan %s (vni %s, local %s, mtu %s)", name, vni, local, mtu)
+    disable_ipv6(name)
+    if ipr.get_links(idx)[0].get("mtu") != mtu:
+        ipr.link("set", index=idx, mtu=mtu)
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+def flood_peers(ipr: IPRoute, idx: int) -> set[str]:
+    """The remote VTEPs a VXLAN device floods to (its all-zeros fdb entries)."""
+    return {
+        str(entry.get("NDA_DST"))
+        for entry in ipr.fdb("dump", ifindex=idx)
+        if entry["ifindex"] == idx and entry.get("NDA_LLADDR") == ALL_ZEROS_MAC and entry.get("NDA_DST")
+    }
+
+
+def sync_flood_peers(ipr: IPRoute, idx: int, wanted: set[str]) -> None:
+    """Head-end replication: make the device's all-zeros entries exactly one per peer in `wanted`."""
+    present = flood_peers(ipr, idx)
+    for peer in sorted(present - wanted):
+        ipr.fdb("del", ifindex=idx, lladdr=ALL_ZEROS_MAC, dst=peer)
+    for peer in sorted(wanted - present):
+        ipr.fdb("append", ifindex=idx, lladdr=ALL_ZEROS_MAC, dst=peer)
+    if present != wanted:
+        log.info("vxlan %s floods to %s", idx, sorted(wanted) or "nobody")
+
+
+def set_mac(ipr: IPRoute, idx: int, mac: str) -> None:
+    if str(ipr.get_links(idx)[0].get("IFLA_ADDRESS")).lower() != mac.lower():
+        ipr.link("set", index=idx, address=mac)
+
+
+def sync_neighbours(ipr: IPRoute, idx: int, wanted: dict[str, str]) -> None:
+    """Make the permanent IPv4 neighbours (IP -> MAC) on link `idx` exactly `wanted`; learned ones are kept."""
+    present = {
+        str(n.get("NDA_DST")): str(n.get("NDA_LLADDR")).lower()
+        for n in ipr.get_neighbours(ifindex=idx, family=socket.AF_INET)
+        if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR")
+    }
+    for ip in sorted(set(present) - set(wanted)):
+        ipr.neigh("del", dst=ip, ifindex=idx)
+    for ip, mac in sorted(wanted.items()):
+        if present.get(ip) != mac.lower():
+            ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, state=NUD_PERMANENT)

@@ -17,6 +17,10 @@ BRIDGE_PREFIX = "lcb"  # one Linux bridge per VPC
 TAP_PREFIX = "lct"  # a guest NIC (created by libvirt, enslaved to the bridge)
 ROUTER_PORT_PREFIX = "lcr"  # bridge side of the veth whose other end is the router's gw0
 HOST_UPLINK_PREFIX = "lch"  # host side of the veth whose other end is the router's up0
+VXLAN_PREFIX = "lcx"  # the VPC's VXLAN device (VTEP), a port of its bridge
+
+# nftables tables (bridge family) filtering what may cross a VPC's VXLAN port (the distributed gateway).
+OVERLAY_TABLE_PREFIX = "lc-overlay-"
 
 # Devices inside a router namespace (fixed: one router per namespace).
 ROUTER_GATEWAY_DEV = "gw0"  # carries every subnet's gateway address; dnsmasq listens here
@@ -50,6 +54,14 @@ def bridge_name(vpc_id: str) -> str:
 
 def tap_name(port_id: str) -> str:
     return TAP_PREFIX + id11(port_id)
+
+
+def vxlan_name(vpc_id: str) -> str:
+    return VXLAN_PREFIX + id11(vpc_id)
+
+
+def overlay_table(vpc_id: str) -> str:
+    return OVERLAY_TABLE_PREFIX + id11(vpc_id)
 
 
 def router_port_name(vpc_id: str) -> str:

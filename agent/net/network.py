@@ -5,11 +5,13 @@ Per VPC on a host:
     guest --tap lct<port>--+
                            +-- bridge lcb<vpc> (no IP) --lcr<vpc>==gw0 [router ns] up0==lch<vpc]-- host
     guest --tap lct<port>--+                                  gateways    169.254.0.2  169.254.0.1
+                           +-- lcx<vpc> (VXLAN, VNI of the VPC) ==underlay==> the VPC's other hosts
 
 The gateway sits behind a bridge port, so traffic from the gateway and from the host to a guest is bridged and
 therefore filtered by the guest port's physdev rules. The host reaches a VPC through `lch<vpc>` with
 link-local addresses only, so nothing private-range lands in the host namespace. All methods are idempotent
-and serialized.
+and serialized. With an underlay address (multi-host), the VPC also gets its VXLAN port and the filter that
+keeps its distributed gateway local (`overlay`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent.errors import NetworkError
-from agent.net import links, names, proc, router, rules
+from agent.net import links, names, overlay, proc, router, rules
 from agent.net.dhcp import DhcpHost, Dnsmasq
 from agent.net.firewall import Firewall
 from agent.net.ports import BoundPort
 from agent.net.router import Router
 from agent.net.state import NetworkRecord, NetworkStore
-from agent.schemas import NetworkSpec, SecurityGroupSpec
+from agent.schemas import NetworkSpec, OverlaySpec, SecurityGroupSpec
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class Network(Protocol):
     def ensure_network(self, spec: NetworkSpec) -> None: ...
     def delete_network(self, vpc_id: str) -> None: ...
     def network_ids(self) -> list[str]: ...
+    def set_overlay(self, vpc_id: str, spec: OverlaySpec) -> bool: ...
     def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None: ...
     def teardown_all(self) -> None: ...
 
@@ -65,8 +71,10 @@ class Network(Protocol):
 class HostNetwork:
     """Real networking in the namespace the agent runs in, with its records under `state_dir/net`."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, underlay_ip: str | None = None) -> None:
         self._store = NetworkStore(Path(state_dir).resolve() / "net")
+        # This host's VTEP address; None for a single host (no VXLAN devices at all).
+        self.underlay_ip = underlay_ip
         # Marks our router holders apart from those of other agents on this machine.
         self._owner = str(self._store.root)
         self._firewall = Firewall()
@@ -80,6 +88,10 @@ class HostNetwork:
         """Prerequisites: the tools, and br_netfilter passing bridged IP to iptables (else no SG works)."""
         for tool in REQUIRED_TOOLS:
             proc.which(tool)
+        if self.underlay_ip is not None:
+            proc.which("nft")
+            with links.netlink() as host:
+                links.link_with_address(host, self.underlay_ip)
         if not (BR_NETFILTER / BR_NF_KNOBS[0]).exists():
             try:
                 proc.run(["modprobe", "br_netfilter"])
@@ -94,11 +106,12 @@ class HostNetwork:
         _validate(spec)
         self._require_checked()
         with self._lock:
+            record = self._store.load(spec.vpc_id)
+            spec = _newest_overlay(spec, record)
             if self._still_ready(spec):
                 return
             self._ready.pop(spec.vpc_id, None)
             self._check_name_clash(spec.vpc_id)
-            record = self._store.load(spec.vpc_id)
             holder = self._live_router(spec.vpc_id, record)
             if holder is None:
                 holder = router.start(spec.vpc_id, self._owner)
@@ -112,11 +125,33 @@ class HostNetwork:
                 dnsmasq.stop()
             self._ready[spec.vpc_id] = (spec, holder)
             log.info(
-                "vpc %s: network ready (%d subnets, router pid %s)",
+                "vpc %s: network ready (%d subnets, router pid %s, %d overlay peers)",
                 spec.vpc_id,
                 len(spec.subnets),
                 holder.pid,
+                len(spec.overlay.peers),
             )
+
+    def set_overlay(self, vpc_id: str, spec: OverlaySpec) -> bool:
+        """New peers and remote ports for a VPC this host has; False if it has none (nothing to update).
+
+        A push older than what the host already has is ignored, so pushes may arrive in any order.
+        """
+        _validate_overlay(vpc_id, spec)
+        with self._lock:
+            record = self._store.load(vpc_id)
+            if record is None:
+                return False
+            if spec.version < record.spec.overlay.version:
+                log.info(
+                    "vpc %s: ignoring overlay version %s (have %s)",
+                    vpc_id,
+                    spec.version,
+                    record.spec.overlay.version,
+                )
+                return True
+            self.ensure_network(record.spec.model_copy(update={"overlay": spec}))
+            return True
 
     def delete_network(self, vpc_id: str) -> None:
         """Remove the VPC's bridge, router namespace, dnsmasq, routes and files; nothing to do is fine."""
@@ -130,7 +165,10 @@ class HostNetwork:
                     # ensure_network of the same VPC start clean.
                     for name in (names.router_port_name(vpc_id), names.host_uplink_name(vpc_id)):
                         links.delete_link(host, name)
+                    links.delete_link(host, names.vxlan_name(vpc_id))
                     links.delete_link(host, names.bridge_name(vpc_id))
+                if self.underlay_ip is not None:
+                    overlay.delete_filter(vpc_id)
             Dnsmasq(vpc_id, self._store.dhcp_files(vpc_id)).stop()
             if holder is not None:
                 router.stop(holder, vpc_id, self._owner)
@@ -182,7 +220,12 @@ class HostNetwork:
                     failures.append(exc.message)
             try:
                 with links.netlink() as host:
-                    prefixes = (names.ROUTER_PORT_PREFIX, names.HOST_UPLINK_PREFIX, names.BRIDGE_PREFIX)
+                    prefixes = (
+                        names.ROUTER_PORT_PREFIX,
+                        names.HOST_UPLINK_PREFIX,
+                        names.VXLAN_PREFIX,
+                        names.BRIDGE_PREFIX,
+                    )
                     for prefix in prefixes:
                         for name in links.names_with_prefix(host, prefix):
                             links.delete_link(host, name)
@@ -192,6 +235,11 @@ class HostNetwork:
                 self._firewall.teardown()
             except NetworkError as exc:
                 failures.append(exc.message)
+            if self.underlay_ip is not None:
+                try:
+                    overlay.delete_all_filters()
+                except NetworkError as exc:
+                    failures.append(exc.message)
             self._store.remove_all()
             if failures:
                 raise NetworkError("teardown incomplete: " + "; ".join(failures))
@@ -251,6 +299,34 @@ class HostNetwork:
             links.sync_addresses(host, uplink, {ipaddress.IPv4Interface(f"{HOST_LINK_ADDR}/32")})
             links.replace_default_route(rtr, up0, HOST_LINK_ADDR)
             links.sync_routes(host, uplink, host_routes, ROUTER_LINK_ADDR)
+            # The same gateway MAC on every host: the distributed gateway (see `overlay`).
+            links.set_mac(rtr, gw0, overlay.gateway_mac(spec.vni))
+            remote = {p.ip: p.mac for p in spec.overlay.remote_ports}
+            links.sync_neighbours(rtr, gw0, remote)
+            if self.underlay_ip is not None:
+                self._plumb_overlay(host, bridge, spec, [gw for _, gw in subnets])
+
+    def _plumb_overlay(self, host: IPRoute, bridge: int, spec: NetworkSpec, gateways: list[str]) -> None:
+        """The VPC's VXLAN port on its bridge, flooding to exactly the peers, and the gateway filter on it."""
+        assert self.underlay_ip is not None
+        underlay_idx, underlay_mtu = links.link_with_address(host, self.underlay_ip)
+        device = names.vxlan_name(spec.vpc_id)
+        # Filter first: the port must never forward a frame before the gateway is kept off the tunnel.
+        overlay.apply_filter(
+            overlay.render_filter(
+                spec.vpc_id,
+                device,
+                overlay.gateway_mac(spec.vni),
+                overlay.host_mac(self.underlay_ip),
+                gateways,
+            )
+        )
+        vxlan = links.ensure_vxlan(
+            host, device, spec.vni, self.underlay_ip, underlay_idx, underlay_mtu - links.VXLAN_OVERHEAD
+        )
+        links.set_master(host, vxlan, bridge)
+        peers = set(spec.overlay.peers) - {self.underlay_ip}
+        links.sync_flood_peers(host, vxlan, peers)
 
 
 def _ensure_sysctl_on(knob: Path) -> None:
@@ -283,10 +359,32 @@ def _router_sysctls(holder: Router) -> None:
     proc.run(proc.in_netns(holder.netns_path, ["sysctl", "-q", "-w", *settings]))
 
 
+def _newest_overlay(spec: NetworkSpec, record: NetworkRecord | None) -> NetworkSpec:
+    """`spec` with the overlay the host already has when that one is newer (a stale spec must not roll back
+    peers that a later push set)."""
+    if record is not None and record.spec.overlay.version > spec.overlay.version:
+        return spec.model_copy(update={"overlay": record.spec.overlay})
+    return spec
+
+
+def _validate_overlay(vpc_id: str, spec: OverlaySpec) -> None:
+    try:
+        for peer in spec.peers:
+            ipaddress.IPv4Address(peer)
+        for port in spec.remote_ports:
+            ipaddress.IPv4Address(port.ip)
+            if not _MAC_RE.match(port.mac):
+                raise ValueError(f"{port.mac!r} is not a MAC address")
+    except ValueError as exc:
+        raise NetworkError(f"VPC {vpc_id} overlay: {exc}") from exc
+
+
 def _validate(spec: NetworkSpec) -> None:
     """Refuse a spec the kernel or dnsmasq would reject, before anything is touched."""
+    _validate_overlay(spec.vpc_id, spec.overlay)
     try:
         names.id11(spec.vpc_id)
+        overlay.gateway_mac(spec.vni)
         ipaddress.IPv4Network(spec.cidr, strict=False)
         tags = [names.dhcp_tag(subnet.id) for subnet in spec.subnets]
         if len(set(tags)) != len(tags):
@@ -351,6 +449,9 @@ class NullNetwork:
 
     def network_ids(self) -> list[str]:
         return sorted(self._networks)
+
+    def set_overlay(self, vpc_id: str, spec: OverlaySpec) -> bool:
+        return vpc_id in self._networks
 
     def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None:
         return None

@@ -187,6 +187,16 @@ def grow_volume(path: Path, size_gib: int) -> bool:
     return True
 
 
+def convert_to_qcow2(source: Path, dest: Path, *, source_format: str = "qcow2") -> None:
+    """Write `dest` as a standalone qcow2 with the data of `source` (its whole backing chain, flattened).
+
+    Reads `source` under a shared lock: it must not be written meanwhile (a running guest's disk is copied
+    through libvirt instead). `dest` is overwritten; callers write to a temporary name and rename it.
+    """
+    _qemu_img("convert", "-q", "-f", source_format, "-O", "qcow2", str(source), str(dest))
+    log.info("copied %s to %s", source, dest)
+
+
 def remove_disk(path: Path) -> None:
     """Delete a disk file; a missing file is already the wanted state."""
     try:

@@ -13,6 +13,16 @@ Everything lives under one state directory (``LABCLOUD_AGENT_STATE_DIR``)::
         volumes/                      0755
             <volume_id>.qcow2               data volume (qcow2, no backing file); outlives the servers it
                                             was attached to, removed only when the volume is deleted
+        exports/                      0755
+            <export_id>.qcow2               a server's root disk flattened for a new image, kept until the
+                                            controller has copied it into its image store and deletes it
+        backups/                      0755
+            <backup_id>.qcow2               CBR disk backup staged until it is uploaded to the controller
+            .restore-<token>-<disk>.part    a backup downloaded for a restore, removed once applied
+            .<name>.part                    half-written copies and downloads; removed at agent start
+        snapshots/                    0755
+            <snapshot_id>.qcow2             EVS snapshot: a standalone qcow2 copy of one volume at one
+                                            instant, on the volume's host; removed when the snapshot is deleted
 
 QEMU runs as ``libvirt-qemu``. libvirt's dynamic ownership chowns the disks it is given, but not always the
 backing file, and it never fixes directory modes: so every directory on the way must be traversable by others
@@ -68,6 +78,26 @@ def ensure_volumes_dir(state_dir: Path) -> Path:
     """Create `<state>/volumes` with traversable modes; idempotent."""
     ensure_traversable_dir(Path(state_dir))
     return ensure_traversable_dir(Path(state_dir) / "volumes")
+
+
+def snapshot_path(state_dir: Path, snapshot_id: str) -> Path:
+    """The file of one volume snapshot. Pure: creates nothing (see `ensure_snapshots_dir`)."""
+    if not _SAFE_ID.fullmatch(snapshot_id) or ".." in snapshot_id:
+        raise StorageError(f"snapshot id {snapshot_id!r} cannot be used as a file name")
+    return Path(state_dir) / "snapshots" / f"{snapshot_id}.qcow2"
+
+
+def ensure_snapshots_dir(state_dir: Path) -> Path:
+    """Create `<state>/snapshots` with traversable modes; idempotent."""
+    ensure_traversable_dir(Path(state_dir))
+    return ensure_traversable_dir(Path(state_dir) / "snapshots")
+
+
+def export_path(state_dir: Path, export_id: str) -> Path:
+    """The file of one disk export (a flattened root disk on its way to the image store). Pure."""
+    if not _SAFE_ID.fullmatch(export_id) or ".." in export_id:
+        raise StorageError(f"export id {export_id!r} cannot be used as a file name")
+    return Path(state_dir) / "exports" / f"{export_id}.qcow2"
 
 
 def image_cache_dir(state_dir: Path) -> Path:

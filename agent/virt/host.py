@@ -15,12 +15,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import libvirt
 
 from agent.errors import AgentFailure, Conflict, NotFound, VirtError
 from agent.schemas import PowerState
+from agent.virt.backup_xml import domain_disk_targets, render_backup_xml
 from agent.virt.domain_xml import (
     disk_source,
     disk_target,
@@ -95,6 +97,7 @@ class LibvirtHost:
         self._poll_interval = poll_interval
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
+        self._backup_locks: dict[str, threading.Lock] = {}
 
     def __enter__(self) -> LibvirtHost:
         return self
@@ -302,6 +305,109 @@ class LibvirtHost:
         if self._run("grow_disk", server_id, op):
             log.info("server %s: disk %s grown to %s bytes", server_id, target, size_bytes)
 
+    def backup_disks(
+        self,
+        server_id: str,
+        targets: dict[str, Path],
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Copy the disks named in `targets` (target dev -> new file) of a running domain, all from one point
+        in time, to standalone qcow2 files (no backing file); the guest keeps running.
+
+        libvirt's push-mode backup (`virDomainBackupBegin`): QEMU freezes the view of every chosen disk at the
+        same instant (copy-before-write) and copies in the background. Blocks until the job ends, calling
+        `progress(done, total)` (bytes) on the way. Files already at `targets` are replaced (staging leftovers);
+        on failure the job is aborted and the copies removed. Conflict if the domain is not running (copy a
+        stopped guest's disks with qemu-img instead), NotFound for an unknown domain or disk. One backup per
+        domain at a time: a second caller waits; a job left by an earlier agent process is aborted first.
+        """
+        if not targets:
+            return
+        with self._backup_lock(server_id):
+            checked = threading.Event()  # set once the targets are known not to be the domain's own disks
+
+            def begin(conn: libvirt.virConnect) -> None:
+                dom = self._lookup(conn, server_id)
+                if not dom.isActive():
+                    raise Conflict(f"server {server_id}: not running, copy its disks with qemu-img")
+                disks = domain_disk_targets(dom.XMLDesc(0))
+                unknown = sorted(set(targets) - set(disks))
+                if unknown:
+                    raise NotFound(f"server {server_id}: no disk {', '.join(unknown)}")
+                for target, copy in targets.items():
+                    if disks[target] == str(copy):
+                        raise Conflict(f"server {server_id}: backup target {copy} is the disk itself")
+                if _job_active(dom):
+                    log.warning("server %s: aborting a job left by an earlier agent process", server_id)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.abortJob()
+                    self._wait_job_end(dom, server_id)
+                checked.set()
+                for copy in targets.values():
+                    copy.unlink(missing_ok=True)
+                dom.backupBegin(render_backup_xml(list(disks), targets), None, 0)
+
+            log.info("server %s: backup of %s started", server_id, ", ".join(sorted(targets)))
+            try:
+                self._run("backup_disks", server_id, begin)
+                self._run(
+                    "backup_disks", server_id, lambda conn: self._await_backup(conn, server_id, progress)
+                )
+            except BaseException:
+                if not checked.is_set():
+                    raise
+                self._abort_backup(server_id)
+                for copy in targets.values():
+                    with contextlib.suppress(OSError):
+                        copy.unlink(missing_ok=True)
+                raise
+        log.info("server %s: backup of %s done", server_id, ", ".join(sorted(targets)))
+
+    def _backup_lock(self, server_id: str) -> threading.Lock:
+        with self._lock:
+            return self._backup_locks.setdefault(server_id, threading.Lock())
+
+    def _await_backup(
+        self, conn: libvirt.virConnect, server_id: str, progress: Callable[[int, int], None] | None
+    ) -> None:
+        dom = self._lookup(conn, server_id)
+        while True:
+            stats = dom.jobStats(0)
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+                break
+            if progress is not None and stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP:
+                progress(int(stats.get("disk_processed", 0)), int(stats.get("disk_total", 0)))
+            time.sleep(self._poll_interval)
+        done = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        if done.get("type") != libvirt.VIR_DOMAIN_JOB_COMPLETED:
+            reason = done.get("errmsg") or "the backup job failed"
+            raise VirtError(f"server {server_id}: backup failed: {reason}")
+        if progress is not None:
+            total = int(done.get("disk_total", 0))
+            progress(int(done.get("disk_processed", total)), total)
+
+    def _abort_backup(self, server_id: str) -> None:
+        def op(conn: libvirt.virConnect) -> None:
+            dom = self._lookup_or_none(conn, server_id)
+            if dom is None or not dom.isActive() or not _job_active(dom):
+                return
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.abortJob()
+            self._wait_job_end(dom, server_id)
+
+        try:
+            self._run("backup_disks", server_id, op)
+        except AgentFailure as exc:
+            log.warning("server %s: could not abort the backup job: %s", server_id, exc)
+
+    def _wait_job_end(self, dom: libvirt.virDomain, server_id: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while _job_active(dom):
+            if time.monotonic() >= deadline:
+                raise VirtError(f"server {server_id}: the block job did not end in {timeout}s")
+            time.sleep(self._poll_interval)
+
     def _live_disk(self, server_id: str, target: str) -> bool:
         def op(conn: libvirt.virConnect) -> bool:
             return find_disk_device(self._lookup(conn, server_id).XMLDesc(0), target) is not None
@@ -471,6 +577,15 @@ def _holds(domain_xml: str, target: str, source: str | None, server_id: str) -> 
     if disk_source(present) != source:
         raise Conflict(f"server {server_id}: disk {target} already holds {disk_source(present)}")
     return True
+
+
+def _job_active(dom: libvirt.virDomain) -> bool:
+    try:
+        return int(dom.jobStats(0).get("type", libvirt.VIR_DOMAIN_JOB_NONE)) != libvirt.VIR_DOMAIN_JOB_NONE
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:  # the domain stopped
+            return False
+        raise
 
 
 def _power_state(dom: libvirt.virDomain) -> PowerState:

@@ -85,6 +85,8 @@ class QuotaIn(BaseModel):
     ram: int | None = Field(default=None, ge=-1)
     security_groups: int | None = Field(default=None, ge=-1)
     key_pairs: int | None = Field(default=None, ge=-1)
+    volumes: int | None = Field(default=None, ge=-1)
+    gigabytes: int | None = Field(default=None, ge=-1)
 
 
 class QuotaBody(BaseModel):

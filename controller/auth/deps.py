@@ -18,6 +18,8 @@ from controller.auth import signature
 from controller.errors import Forbidden, Unauthorized
 from controller.models.project import Credential
 
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -35,19 +37,27 @@ class _CachedKey:
 
 
 class CredentialCache:
-    """AK → SK lookups without a database round trip per request; revocations are seen within `ttl` seconds."""
+    """AK → SK lookups without a database round trip per request.
+
+    A revocation through this process's admin API calls `forget` and is refused at once; one made through
+    another controller process sharing the database is seen here within `ttl` seconds.
+    """
 
     def __init__(self, engine: Engine, ttl: float = 10.0) -> None:
         self.engine = engine
         self.ttl = ttl
         self._entries: dict[str, _CachedKey] = {}
         self._lock = threading.Lock()
+        # Bumped by `forget`: a lookup that read the database before a revocation committed must not cache it.
+        self._generation = 0
 
     def lookup(self, access_key: str) -> _CachedKey | None:
         with self._lock:
             hit = self._entries.get(access_key)
         if hit is not None and time.monotonic() - hit.fetched_at < self.ttl:
             return hit
+        with self._lock:
+            generation = self._generation
         with Session(self.engine) as session:
             cred = session.get(Credential, access_key)
         if cred is None or cred.revoked_at is not None:
@@ -60,11 +70,13 @@ class CredentialCache:
             time.monotonic(),
         )
         with self._lock:
-            self._entries[access_key] = entry
+            if self._generation == generation:
+                self._entries[access_key] = entry
         return entry
 
     def forget(self, access_key: str) -> None:
         with self._lock:
+            self._generation += 1
             self._entries.pop(access_key, None)
 
 
@@ -94,7 +106,7 @@ async def authenticate(request: Request) -> Caller:
             path=raw_path,
             query=parse_qsl(request.url.query, keep_blank_values=True),
             headers=request.headers,
-            body=await request.body(),
+            body=await _signed_body(request),
             now=datetime.now(UTC),
             max_skew_seconds=ctx.settings.signature_skew_seconds,
         )
@@ -109,6 +121,14 @@ async def authenticate(request: Request) -> Caller:
             f"X-Project-Id {header_project} is not the project of this access key", code="APIGW.0302"
         )
     return entry.caller
+
+
+async def _signed_body(request: Request) -> bytes:
+    """The body the signature covers. With `X-Sdk-Content-Sha256: UNSIGNED-PAYLOAD` the signature covers that
+    literal instead of the body, so the body stays unread and a route can stream it (image uploads)."""
+    if request.headers.get("x-sdk-content-sha256") == UNSIGNED_PAYLOAD:
+        return b""
+    return await request.body()
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,40 @@ class ApiClient:
                 "bad-response",
                 f"{method} {path} answered with non-JSON: {response.text[:200]!r}",
             ) from None
+
+    def put_stream(
+        self, path: str, chunks: Iterable[bytes], *, size: int, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """PUT a body streamed from `chunks` (`size` bytes). The signature covers the literal UNSIGNED-PAYLOAD
+        instead of the body, as Huawei's signer does for file uploads, so nothing is held in memory."""
+        raw_path = quote(path, safe="/~")
+        plain = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "Host": self._netloc,
+            "User-Agent": USER_AGENT,
+            "X-Project-Id": self.creds.project_id,
+            "X-Sdk-Content-Sha256": "UNSIGNED-PAYLOAD",
+            **(headers or {}),
+        }
+        signed = sign(
+            access_key=self.creds.ak,
+            secret_key=self.creds.sk,
+            method="PUT",
+            path=raw_path,
+            query=[],
+            headers=plain,
+            body=b"",
+        )
+        try:
+            response = self._http.request(
+                "PUT", self.creds.endpoint + raw_path, headers=signed, content=chunks
+            )
+        except httpx.HTTPError as exc:
+            raise ApiCallError(0, "connection", f"cannot reach {self.creds.endpoint}: {exc}") from None
+        if response.status_code >= 400:
+            code, message = parse_error(response)
+            raise ApiCallError(response.status_code, code, message)
 
     def wait_job(self, job_id: str, *, timeout: float = 1800.0, interval: float = 1.0) -> dict[str, Any]:
         """Poll `GET /v1/{project}/jobs/{id}` until SUCCESS or FAIL; returns the final job."""

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.cli.commands import catalog, host, keypair, quota, server, ssh
+from controller.cli import lab
+from controller.cli.commands import catalog, host, keypair, projects, quota, server, ssh
 from controller.cli.context import CliContext
 from controller.cli.errors import CliError
 from controller.cli.home import Home
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.register(sub)
     host.register(sub)
     quota.register(sub)
+    projects.register(sub)
+    lab.register(sub)
     return parser
 
 

@@ -1,18 +1,22 @@
 """Every table, imported here so `SQLModel.metadata` knows them all before `create_all`."""
 
+from controller.models.backup import Backup, Checkpoint, OperationLog, Vault
 from controller.models.flavor import Flavor
 from controller.models.host import Host
 from controller.models.image import Image
 from controller.models.job import Job
 from controller.models.keypair import Keypair
 from controller.models.network import IdCounter, Port, SecurityGroup, SecurityGroupRule, Subnet, Vpc
-from controller.models.project import Credential, Project
+from controller.models.project import Credential, JoinToken, Project
 from controller.models.quota import ClientToken, Quota
 from controller.models.server import Server
 from controller.models.server_group import ServerGroup, ServerGroupMember
+from controller.models.snapshot import Snapshot
 from controller.models.volume import Volume
 
 __all__ = [
+    "Backup",
+    "Checkpoint",
     "ClientToken",
     "Credential",
     "Flavor",
@@ -20,7 +24,9 @@ __all__ = [
     "IdCounter",
     "Image",
     "Job",
+    "JoinToken",
     "Keypair",
+    "OperationLog",
     "Port",
     "Project",
     "Quota",
@@ -29,7 +35,9 @@ __all__ = [
     "Server",
     "ServerGroup",
     "ServerGroupMember",
+    "Snapshot",
     "Subnet",
+    "Vault",
     "Volume",
     "Vpc",
 ]

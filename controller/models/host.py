@@ -20,5 +20,10 @@ class Host(SQLModel, table=True):
     availability_zone: str = Field(index=True)
     enabled: bool = True
     disabled_reason: str | None = None  # what the operator said when disabling it
+    # The bearer secret this agent accepts from the controller, reported in its heartbeats (None: an older
+    # agent, which accepts the shared join token). Per-host join tokens are hashed, so they cannot serve.
+    agent_token: str | None = None
     registered_at: datetime = Field(default_factory=utcnow)
     last_heartbeat: datetime = Field(default_factory=utcnow)
+    # The agent's VTEP address on the underlay (VXLAN between hosts); None: a single host without overlay.
+    underlay_ip: str | None = None

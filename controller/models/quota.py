@@ -19,6 +19,8 @@ class Quota(SQLModel, table=True):
     ram: int | None = None  # MiB
     security_groups: int | None = None
     key_pairs: int | None = None
+    volumes: int | None = None  # EVS
+    gigabytes: int | None = None  # EVS, GiB over all volumes
     updated_at: datetime = Field(default_factory=utcnow)
 
 

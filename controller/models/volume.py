@@ -29,6 +29,9 @@ class Volume(SQLModel, table=True):
     availability_zone: str
     status: str = Field(index=True)
     host_id: str | None = Field(default=None, index=True)  # where its file lives, once first attached
+    # What the file is filled from when it is first made: "image" or "snapshot" (and its id); None: empty.
+    source_kind: str | None = None
+    source_id: str | None = None
     server_id: str | None = Field(default=None, index=True)
     device: str | None = None  # as the API shows it: /dev/vdb
     attached_at: datetime | None = None

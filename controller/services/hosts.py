@@ -36,6 +36,7 @@ def host_view(host: Host, dead_after: float) -> dict[str, Any]:
         "memory_mib": host.memory_mib,
         "disk_gib": host.disk_gib,
         "availability_zone": host.availability_zone,
+        "underlay_ip": host.underlay_ip,
         "enabled": host.enabled,
         "disabled_reason": host.disabled_reason,
         "state": host_state(host, dead_after),

@@ -186,6 +186,13 @@ def store_file(source: Path, target: Path, *, expected_sha256: str, expected_siz
         tmp.unlink(missing_ok=True)
 
 
+def remove_file(path: str | None) -> None:
+    """Remove an image's file from the store. An agent streaming it keeps its open file until done."""
+    if path:
+        Path(path).unlink(missing_ok=True)
+        log.info("removed image file %s", path)
+
+
 def sha256_of(path: Path) -> str:
     hasher = hashlib.sha256()
     with path.open("rb") as f:

@@ -21,6 +21,7 @@ from agent.schemas import NetworkSpec, RuleSpec, SecurityGroupSpec, SubnetSpec
 from controller.errors import BadRequest, Conflict, NotFound
 from controller.models.common import utcnow
 from controller.models.network import IdCounter, Port, SecurityGroup, SecurityGroupRule, Subnet, Vpc
+from controller.services import overlay
 
 if TYPE_CHECKING:
     from sqlmodel.sql.expression import SelectOfScalar
@@ -624,7 +625,8 @@ def _rule_key(rule: SecurityGroupRule) -> tuple[Any, ...]:
 # --- specs for agents ---
 
 
-def network_spec(session: Session, vpc_id: str) -> NetworkSpec:
+def network_spec(session: Session, vpc_id: str, host_id: str | None = None) -> NetworkSpec:
+    """The VPC as `host_id` sees it, with its overlay view (the other hosts of the VPC and their ports)."""
     vpc = session.get(Vpc, vpc_id)
     if vpc is None:
         raise NotFound(f"VPC {vpc_id} does not exist", code=VPC_NOT_FOUND)
@@ -634,7 +636,13 @@ def network_spec(session: Session, vpc_id: str) -> NetworkSpec:
         )
         for s in subnets_of(session, vpc.id)
     ]
-    return NetworkSpec(vpc_id=vpc.id, vni=vpc.vni, cidr=vpc.cidr, subnets=subnets)
+    return NetworkSpec(
+        vpc_id=vpc.id,
+        vni=vpc.vni,
+        cidr=vpc.cidr,
+        subnets=subnets,
+        overlay=overlay.overlay_spec(session, vpc.id, host_id),
+    )
 
 
 def security_group_specs(session: Session, group_ids: Iterable[str]) -> list[SecurityGroupSpec]:

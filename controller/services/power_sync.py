@@ -3,7 +3,7 @@
 Only settled servers are touched: no task in progress and no change for `settle` (Settings.power_settle_seconds,
 15 s), so a heartbeat collected before an API action cannot undo it. A guest destroyed behind labcloud's back
 (`virsh destroy`: libvirt says shutoff) or crashed shows SHUTOFF within settle + one heartbeat interval, 25 s with
-the defaults.
+the defaults, or is started again if it asks for that (`services.auto_restart`).
 Anything more (missing domains, down hosts, orphans, stuck tasks) is the reconciler's job (`controller.reconciler`).
 """
 
@@ -18,6 +18,7 @@ from sqlmodel import Session, col
 from agent.schemas import ServerState
 from controller.models.common import utcnow
 from controller.models.server import Server
+from controller.services.auto_restart import restart_if_asked
 from controller.state import ACTIVE, SHUTOFF
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ def apply_power_report(
         if observed is None:
             continue
         expected = SHUTOFF if observed == ACTIVE else ACTIVE
+        if observed == SHUTOFF and restart_if_asked(session, report.id, host_id, settled_before):
+            changed += 1
+            continue
         result = session.exec(  # type: ignore[call-overload]
             update(Server)
             .where(col(Server.id) == report.id, col(Server.host_id) == host_id)

@@ -24,16 +24,21 @@ from controller.models.network import SecurityGroup
 from controller.models.project import Project
 from controller.models.quota import Quota
 from controller.models.server import Server
+from controller.models.volume import Volume
+from controller.services.volume_state import DELETED as VOLUME_DELETED
 from controller.state import DELETED
 
 log = logging.getLogger(__name__)
 
 UNLIMITED = -1
-RESOURCES = ("instances", "cores", "ram", "security_groups", "key_pairs")
+# To add a resource (EIPs next): a column on Quota, a Settings default, a field on Limits, its count in
+# `get_usage`, a `check_added` call where it is created, and the admin API's QuotaIn.
+RESOURCES = ("instances", "cores", "ram", "security_groups", "key_pairs", "volumes", "gigabytes")
 
 # Huawei's ECS quota code; the VPC one is labcloud's choice in the same pattern.
 ECS_QUOTA = "Ecs.0105"
 VPC_QUOTA = "VPC.0105"
+EVS_QUOTA = "EVS.0105"
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Limits:
     ram: int
     security_groups: int
     key_pairs: int
+    volumes: int
+    gigabytes: int
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -57,6 +64,8 @@ def defaults(settings: Settings) -> Limits:
         ram=settings.quota_ram_mib,
         security_groups=settings.quota_security_groups,
         key_pairs=settings.quota_key_pairs,
+        volumes=settings.quota_volumes,
+        gigabytes=settings.quota_gigabytes,
     )
 
 
@@ -96,7 +105,12 @@ def get_usage(session: Session, project_id: str) -> Limits:
         select(func.count(col(SecurityGroup.id))).where(SecurityGroup.project_id == project_id)
     ).one()
     keys = session.exec(select(func.count(col(Keypair.id))).where(Keypair.project_id == project_id)).one()
-    return Limits(int(instances), int(cores), int(ram), int(groups), int(keys))
+    volumes, gigabytes = session.exec(
+        select(func.count(col(Volume.id)), func.coalesce(func.sum(Volume.size), 0)).where(
+            Volume.project_id == project_id, Volume.status != VOLUME_DELETED
+        )
+    ).one()
+    return Limits(int(instances), int(cores), int(ram), int(groups), int(keys), int(volumes), int(gigabytes))
 
 
 def lock_project(session: Session, project_id: str) -> None:
@@ -143,3 +157,27 @@ def check_added(session: Session, settings: Settings, project_id: str, resource:
             f"Quota exceeded for {what}: the limit is {limit}.",
             code=VPC_QUOTA if resource == "security_groups" else ECS_QUOTA,
         )
+
+
+def check_volumes_added(
+    session: Session, settings: Settings, project_id: str, *, count: int, gigabytes: int, growing: int = 0
+) -> None:
+    """Raise 403 if the volumes just flushed (`count` of them, `gigabytes` in all) take the project over quota.
+
+    `growing` is GiB not in the rows yet: an extend checks before its job writes the new size.
+    """
+    lock_project(session, project_id)
+    limits = get_limits(session, settings, project_id)
+    used = get_usage(session, project_id)
+    for resource, added, unit, pending in (
+        ("volumes", count, "", 0),
+        ("gigabytes", gigabytes, " GiB", growing),
+    ):
+        limit, total = getattr(limits, resource), getattr(used, resource) + pending
+        if added and limit != UNLIMITED and total > limit:
+            log.info("project %s over its %s quota: %s%s requested", project_id, resource, added, unit)
+            raise QuotaExceeded(
+                f"Quota exceeded for {resource}: requested {added}{unit}, {total - added}{unit} of "
+                f"{limit}{unit} already used.",
+                code=EVS_QUOTA,
+            )

@@ -17,7 +17,20 @@ CREATING, AVAILABLE, ATTACHING, IN_USE, DETACHING = (
     "detaching",
 )
 DELETING, EXTENDING, ERROR, DELETED = "deleting", "extending", "error", "deleted"
-STATUSES = (CREATING, AVAILABLE, ATTACHING, IN_USE, DETACHING, DELETING, EXTENDING, ERROR, DELETED)
+ROLLBACKING, ERROR_ROLLBACKING = "rollbacking", "error_rollbacking"  # a snapshot rolled back onto it
+STATUSES = (
+    CREATING,
+    AVAILABLE,
+    ATTACHING,
+    IN_USE,
+    DETACHING,
+    DELETING,
+    EXTENDING,
+    ERROR,
+    DELETED,
+    ROLLBACKING,
+    ERROR_ROLLBACKING,
+)
 
 
 @dataclass(frozen=True)
@@ -35,12 +48,23 @@ TRANSITIONS: dict[str, VolumeTransition] = {
         VolumeTransition("create", frozenset(), CREATING, AVAILABLE, ERROR),
         VolumeTransition("attach", frozenset({AVAILABLE}), ATTACHING, IN_USE, AVAILABLE),
         VolumeTransition("detach", frozenset({IN_USE}), DETACHING, AVAILABLE, IN_USE),
-        VolumeTransition("delete", frozenset({AVAILABLE, ERROR}), DELETING, DELETED, ERROR),
+        VolumeTransition(
+            "delete", frozenset({AVAILABLE, ERROR, ERROR_ROLLBACKING}), DELETING, DELETED, ERROR
+        ),
         VolumeTransition("extend", frozenset({AVAILABLE, IN_USE}), EXTENDING, None, None),
+        VolumeTransition(
+            "rollback", frozenset({AVAILABLE, ERROR_ROLLBACKING}), ROLLBACKING, AVAILABLE, ERROR_ROLLBACKING
+        ),
     )
 }
 
-_VERB = {"attach": "attached", "detach": "detached", "delete": "deleted", "extend": "extended"}
+_VERB = {
+    "attach": "attached",
+    "detach": "detached",
+    "delete": "deleted",
+    "extend": "extended",
+    "rollback": "rolled back",
+}
 
 
 def transition(action: str) -> VolumeTransition:
@@ -52,7 +76,7 @@ def refusal(status: str, action: str) -> str | None:
     t = TRANSITIONS[action]
     if status in t.allowed_from:
         return None
-    if status in (CREATING, ATTACHING, DETACHING, DELETING, EXTENDING):
+    if status in (CREATING, ATTACHING, DETACHING, DELETING, EXTENDING, ROLLBACKING):
         return f"the volume is busy ({status}); try again when that finishes"
     needs = " or ".join(sorted(t.allowed_from)) or "a new volume"
     return f"a volume in status {status} cannot be {_VERB.get(action, action)}; it must be {needs}"

@@ -39,7 +39,7 @@ def volume_detail(volume: Volume, endpoint: str, host_name: str = "") -> dict[st
         "replication_status": "disabled",
         "service_type": "EVS",
         "user_id": "",
-        "snapshot_id": "",
+        "snapshot_id": volume.source_id if volume.source_kind == "snapshot" else "",
         "source_volid": "",
         "wwn": "",
         "enterprise_project_id": "0",

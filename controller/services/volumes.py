@@ -31,7 +31,10 @@ from controller.models.volume import (
     VolumeActionIn,
     VolumeIn,
 )
+from controller.services import quotas
 from controller.services.servers import SERVER_BUSY, get_server
+from controller.services.volume_snapshots import check_snapshots_allow
+from controller.services.volume_sources import resolve_source
 from controller.services.volume_state import (
     ATTACHING,
     AVAILABLE,
@@ -94,6 +97,7 @@ def create_volumes(
                 f"{', '.join(sorted(zones))}",
                 code=BAD_VOLUME_REQUEST,
             )
+        source = resolve_source(session, project_id, req)
         name = req.name or ""
         names = [name] if req.count == 1 else [f"{name}-{i:04d}" for i in range(1, req.count + 1)]
         volumes = [
@@ -106,10 +110,18 @@ def create_volumes(
                 availability_zone=req.availability_zone,
                 status=transition("create").during,
                 meta=dict(req.metadata),
+                source_kind=source.kind,
+                source_id=source.id,
+                host_id=source.host_id,
+                bootable=source.bootable,
             )
             for n in names
         ]
         session.add_all(volumes)
+        session.flush()
+        quotas.check_volumes_added(
+            session, ctx.settings, project_id, count=len(volumes), gigabytes=req.size * len(volumes)
+        )
         ids = [v.id for v in volumes]
         job = new_job(
             project_id,
@@ -141,8 +153,6 @@ def _check_create(req: VolumeIn, server_id: str | None) -> None:
     if len(req.metadata) > MAX_METADATA:
         problems.append(f"at most {MAX_METADATA} metadata entries")
     unsupported = {
-        "imageRef": req.image_ref,
-        "snapshot_id": req.snapshot_id,
         "backup_id": req.backup_id,
         "server_id": server_id,
     }
@@ -234,6 +244,7 @@ def begin(session: Session, volume: Volume, action: str, **values: object) -> No
         status = session.exec(select(Volume.status).where(Volume.id == volume.id)).one()
         reason = refusal(status, action) or f"its status changed to {status}"
         raise Conflict(f"Volume[{volume.id}]: {reason}.", code=VOLUME_BUSY)
+    check_snapshots_allow(session, volume.id, action)  # after the CAS, which holds the row
 
 
 def land(session: Session, volume_id: str, during: str, values: dict[str, object]) -> bool:
@@ -351,6 +362,10 @@ def extend_volume(
                 _check_server_ready(server)
         back_to = volume.status
         begin(session, volume, "extend")
+        growth = new_size - volume.size
+        quotas.check_volumes_added(
+            session, ctx.settings, project_id, count=0, gigabytes=growth, growing=growth
+        )
         job = new_job(
             project_id,
             EXTEND_JOB,

@@ -378,17 +378,24 @@ def test_update_security_groups_rewrites_specs_and_firewall(rig: Rig) -> None:
     assert rig.network.groups == [new]
 
 
-def test_restart_resyncs_networks_from_stored_specs(tmp_path: Path, rig: Rig) -> None:
+def test_restart_resyncs_networks_and_restores_lost_domains_from_stored_specs(
+    tmp_path: Path, rig: Rig
+) -> None:
     rig.service.ensure_server(make_spec(rig.image))
+    rig.service.ensure_server(make_spec(rig.image, "srv-2", n=2).model_copy(update={"power": "shutoff"}))
+    root = rig.state / "instances" / "srv-1" / "root.qcow2"
+    inode = root.stat().st_ino
     rig.close()
     # A new service on the same state dir; a new test-driver connection has no domains (a lost hypervisor).
     again = Rig(tmp_path, rig.image, state_dir=rig.state)
     try:
         again.service.resync()
         assert again.network.network_ids() == ["vpc-a"]
-        assert [bp.port.id for bp in again.network.ports] == ["port-srv-1"]
-        assert [(s.id, s.power) for s in again.service.host_info().servers] == [("srv-1", "missing")]
-        # Re-PUTting the spec repairs the drift, reusing the existing disk.
+        assert sorted(bp.port.id for bp in again.network.ports) == ["port-srv-1", "port-srv-2"]
+        # Each domain is back as its spec wants it, on the disk it had.
+        assert again.host.list_servers() == {"srv-1": "running", "srv-2": "shutoff"}
+        assert root.stat().st_ino == inode
+        # Re-PUTting the spec changes nothing.
         assert again.service.ensure_server(again.stored_spec("srv-1")).power == "running"
     finally:
         again.close()

@@ -237,7 +237,10 @@ class AgentFactory:
         availability_zone: str = "lab-1a",
         cores: int = 4,
         memory_mib: int = 8192,
+        join_token: str | None = None,
     ) -> AgentHost:
+        """`join_token`: a per-host token to register with instead of the controller's shared one."""
+        token = join_token or self.api.ctx.join_token
         home = self.root / name
         home.mkdir()
         node = home / "node.xml"
@@ -250,7 +253,7 @@ class AgentFactory:
             listen_host="127.0.0.1",
             listen_port=sock.getsockname()[1],
             controller_url=self.api.endpoint,
-            join_token=self.api.ctx.join_token,
+            join_token=token,
             libvirt_uri=f"test://{node}",
             accelerator="tcg",
             network_driver="null",
@@ -260,7 +263,7 @@ class AgentFactory:
         )
         settings.state_dir.mkdir(parents=True)
         # The controller serves image files only to holders of the join token.
-        downloads = httpx.Client(headers={"Authorization": f"Bearer {self.api.ctx.join_token}"}, timeout=60.0)
+        downloads = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60.0)
         service = AgentService(
             settings,
             host=LibvirtHost(settings.libvirt_uri),

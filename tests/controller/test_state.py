@@ -14,6 +14,12 @@ ALLOWED = {
     ("ACTIVE", "delete"),
     ("SHUTOFF", "delete"),
     ("ERROR", "delete"),
+    ("ACTIVE", "resize"),
+    ("SHUTOFF", "resize_stopped"),
+    ("ACTIVE", "rebuild"),
+    ("SHUTOFF", "rebuild"),
+    ("ACTIVE", "restore"),
+    ("SHUTOFF", "restore"),
 }
 
 
@@ -38,3 +44,12 @@ def test_outcomes() -> None:
     assert state.transition("create").during == "BUILD"
     assert state.transition("reboot_hard").during == "HARD_REBOOT"
     assert state.transition("delete").on_success == "DELETED"
+    assert state.transition("resize").during == state.transition("resize_stopped").during == "RESIZE"
+    assert (
+        state.transition("resize_stopped").on_success == "SHUTOFF"
+        and state.transition("resize").on_failure is None
+    )
+    assert (state.transition("rebuild").during, state.transition("rebuild").on_failure) == (
+        "REBUILD",
+        "ERROR",
+    )

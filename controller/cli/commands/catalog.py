@@ -1,4 +1,7 @@
-"""`labcloud image list` and `labcloud flavor list`, and choosing an image and a flavor for a new server."""
+"""`labcloud image list` and `labcloud flavor list`, and choosing an image and a flavor for a new server.
+
+The other image verbs (import, upload, create, ...) live in images.py.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 from typing import Any
 
 from controller.cli.client import ApiClient
+from controller.cli.commands import images as image_commands
 from controller.cli.context import CliContext
 from controller.cli.errors import CliError
 from controller.cli.output import show_table
@@ -15,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     image = sub.add_parser("image", help="images (IMS)")
     image_verbs = image.add_subparsers(dest="verb", required=True, metavar="VERB")
     image_verbs.add_parser("list", help="list images").set_defaults(func=list_images)
+    image_commands.register_verbs(image_verbs)
     flavor = sub.add_parser("flavor", help="flavors")
     flavor_verbs = flavor.add_subparsers(dest="verb", required=True, metavar="VERB")
     flavor_verbs.add_parser("list", help="list flavors").set_defaults(func=list_flavors)

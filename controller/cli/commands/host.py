@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from controller.cli.client import ApiClient
+from controller.cli.commands import join_tokens
 from controller.cli.context import CliContext
 from controller.cli.errors import CliError
 from controller.cli.output import say, show_table
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     enable = verbs.add_parser("enable", help="place new servers on a host again")
     enable.add_argument("host", metavar="ID|HOSTNAME")
     enable.set_defaults(func=enable_host)
+    join_tokens.register(verbs)
 
 
 def host_row(host: dict[str, Any]) -> list[Any]:

@@ -8,7 +8,8 @@ from urllib.parse import quote
 from controller.cli.context import CliContext
 from controller.cli.output import show_table
 
-RESOURCES = ("instances", "cores", "ram", "security_groups", "key_pairs")
+RESOURCES = ("instances", "cores", "ram", "security_groups", "key_pairs", "volumes", "gigabytes")
+UNITS = {"ram": " (MiB)", "gigabytes": " (GiB)"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     set_ = verbs.add_parser("set", help="change a project's quotas (-1: unlimited, 'default': the default)")
     set_.add_argument("--project", metavar="ID", help="default: the project of the credentials")
     for resource in RESOURCES:
-        unit = " (MiB)" if resource == "ram" else ""
+        unit = UNITS.get(resource, "")
         set_.add_argument(
             f"--{resource.replace('_', '-')}",
             dest=resource,

@@ -1,3 +1,11 @@
 """Job handlers; importing this package registers every job kind."""
 
-from controller.jobs.handlers import servers, volumes  # noqa: F401
+from controller.jobs.handlers import (  # noqa: F401
+    backups,
+    images,
+    server_rebuild,
+    server_resize,
+    servers,
+    snapshots,
+    volumes,
+)

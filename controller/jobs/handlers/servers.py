@@ -18,17 +18,16 @@ from agent.client import AgentClientError
 from agent.schemas import ServerAction
 from controller.db import session_scope
 from controller.errors import ApiError
-from controller.jobs.agent_calls import agent_errors, agent_for
+from controller.jobs.agent_calls import agent_errors, agent_for, call_agent_patiently
 from controller.jobs.registry import JobFailed, job_handler
 from controller.jobs.worker import JobContext
 from controller.logs import request_id_var
 from controller.models.common import utcnow
 from controller.models.server import Server
-from controller.services import ipam, volumes
+from controller.services import ipam, overlay, volumes
 from controller.services.server_create import CREATE_ONE_JOB
 from controller.services.servers import (
     AGENT_FAILED,
-    AGENT_UNREACHABLE,
     BATCH_JOBS,
     DELETE_ONE_JOB,
     NO_VALID_HOST,
@@ -68,10 +67,12 @@ def _create_failed(jctx: JobContext, code: str, reason: str) -> None:
     if freed:
         values["host_id"] = None
     with session_scope(jctx.engine) as session:
-        ipam.release_ports(session, server.id)
+        if freed:  # else the host may still serve the addresses (DHCP, firewall): the server keeps them
+            ipam.release_ports(session, server.id)
         _land(session, server.id, transition("create").task_state, values)
     log.info("server %s: create failed, now ERROR: %s", server.id, reason)
     _push_groups(jctx, server)
+    overlay.push_project_overlays(jctx.ctx, server.project_id)
 
 
 @job_handler(CREATE_ONE_JOB, on_fail=_create_failed)
@@ -103,11 +104,11 @@ def create_single_server(jctx: JobContext) -> dict[str, Any]:
             spec = build_server_spec(session, current, jctx.ctx.settings)
         except ApiError as exc:
             raise JobFailed(SPEC_FAILED, f"cannot build server {server.id}: {exc.message}") from exc
-    client = agent_for(jctx, host_id)
-    if client is None:
-        raise JobFailed(AGENT_UNREACHABLE, f"host {host_id} is no longer registered")
-    with agent_errors(host_id, "creating the server"):
-        state = client.put_server(spec, request_id=request_id_var.get())
+    rid = request_id_var.get()
+    state = call_agent_patiently(
+        jctx, host_id, "creating the server", lambda c: c.put_server(spec, request_id=rid)
+    )
+    assert state is not None  # a 404 is an error here
     if state.power != "running":
         raise JobFailed(AGENT_FAILED, f"host {host_id} reports the new server {state.power}, not running")
     now = utcnow()
@@ -117,6 +118,7 @@ def create_single_server(jctx: JobContext) -> dict[str, Any]:
         raise JobFailed(SERVER_BUSY, f"server {server.id} changed while it was being built")
     log.info("server %s ACTIVE on host %s", server.id, host_id)
     _push_groups(jctx, server)
+    overlay.push_project_overlays(jctx.ctx, server.project_id)
     return {"server_id": server.id}
 
 
@@ -141,16 +143,21 @@ def delete_single_server(jctx: JobContext) -> dict[str, Any]:
     if server is None or server.status == DELETED:
         return {"server_id": server_id}
     if server.host_id:
-        client = agent_for(jctx, server.host_id)
-        if client is None:
+        if agent_for(jctx, server.host_id) is None:
             log.warning(
                 "server %s: host %s is no longer registered; nothing to delete there",
                 server_id,
                 server.host_id,
             )
         else:
-            with agent_errors(server.host_id, "deleting the server", missing_ok=True):
-                client.delete_server(server_id, request_id=request_id_var.get())
+            rid = request_id_var.get()
+            call_agent_patiently(
+                jctx,
+                server.host_id,
+                "deleting the server",
+                lambda c: c.delete_server(server_id, request_id=rid),
+                missing_ok=True,
+            )
     delete_volumes = bool(jctx.job.payload.get("delete_volume"))
     if delete_volumes:
         _delete_volume_files(jctx, server_id)
@@ -164,6 +171,7 @@ def delete_single_server(jctx: JobContext) -> dict[str, Any]:
         _land(session, server_id, transition("delete").task_state, values)
     log.info("server %s DELETED", server_id)
     _push_groups(jctx, server)
+    overlay.push_project_overlays(jctx.ctx, server.project_id)
     return {"server_id": server_id}
 
 
@@ -204,12 +212,17 @@ def run_action(jctx: JobContext) -> dict[str, Any]:
         raise JobFailed(
             SERVER_BUSY, f"server {server.id} is {server.status}/{server.task_state}, not {t.task_state}"
         )
-    client = agent_for(jctx, server.host_id) if server.host_id else None
-    if client is None:
+    if server.host_id is None or agent_for(jctx, server.host_id) is None:
         raise JobFailed(AGENT_FAILED, f"server {server.id} has no host to run it")
     action = ServerAction(action=_AGENT_VERB[payload["action"]], type=payload.get("type", "SOFT"))  # type: ignore[arg-type]
-    with agent_errors(server.host_id or "", f"{action.type.lower()} {action.action}"):
-        state = client.server_action(server.id, action, request_id=request_id_var.get())
+    rid = request_id_var.get()
+    state = call_agent_patiently(
+        jctx,
+        server.host_id,
+        f"{action.type.lower()} {action.action}",
+        lambda c: c.server_action(server.id, action, request_id=rid),
+    )
+    assert state is not None
     expected = "shutoff" if t.on_success == SHUTOFF else "running"
     if state.power != expected:
         raise JobFailed(

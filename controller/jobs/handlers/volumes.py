@@ -16,7 +16,8 @@ from sqlmodel import col
 from agent.client import AgentClientError
 from agent.schemas import VolumeAttachment, VolumeSpec
 from controller.db import session_scope
-from controller.jobs.agent_calls import agent_errors, agent_for
+from controller.errors import ApiError
+from controller.jobs.agent_calls import agent_errors, agent_for, call_agent_patiently
 from controller.jobs.registry import JobFailed, job_handler
 from controller.jobs.worker import JobContext
 from controller.logs import request_id_var
@@ -24,6 +25,7 @@ from controller.models.common import utcnow
 from controller.models.server import Server
 from controller.models.volume import Volume
 from controller.services.servers import AGENT_UNREACHABLE, SERVER_NOT_FOUND
+from controller.services.volume_sources import volume_spec
 from controller.services.volume_state import AVAILABLE, DELETED, IN_USE, transition
 from controller.services.volumes import (
     ATTACH_JOB,
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 _DETACHED: dict[str, Any] = {"server_id": None, "device": None, "attached_at": None}
 
 
-# --- create: nothing to do on a host yet (volumes reach a host at their first attach) ---
+# --- create: nothing to do on a host yet (volumes reach a host at their first attach), except for a volume
+# made from a snapshot, which is made from it on the snapshot's host at once ---
 
 
 def _create_failed(jctx: JobContext, code: str, reason: str) -> None:
@@ -55,6 +58,15 @@ def _create_failed(jctx: JobContext, code: str, reason: str) -> None:
 @job_handler(CREATE_JOB, on_fail=_create_failed)
 def create_volumes(jctx: JobContext) -> dict[str, Any]:
     ids: list[str] = jctx.job.payload["volume_ids"]
+    for volume_id in ids:
+        volume = _volume(jctx, volume_id)
+        if volume.host_id is None or volume.status != transition("create").during:
+            continue
+        client = agent_for(jctx, volume.host_id)
+        if client is None:
+            raise JobFailed(AGENT_UNREACHABLE, f"host {volume.host_id} is no longer registered")
+        with agent_errors(volume.host_id, f"creating volume {volume.id} from {volume.source_kind}"):
+            client.put_volume(agent_spec(jctx, volume), request_id=request_id_var.get())
     with session_scope(jctx.engine) as session:
         for volume_id in ids:
             land(session, volume_id, transition("create").during, {"status": AVAILABLE})
@@ -138,17 +150,22 @@ def attach_volume(jctx: JobContext) -> dict[str, Any]:
         ).rowcount  # type: ignore[attr-defined]
     if not placed:
         raise JobFailed(VOLUME_BUSY, f"volume {volume.id} is stored on host {volume.host_id}, not {host_id}")
-    client = agent_for(jctx, host_id)
-    if client is None:
-        raise JobFailed(AGENT_UNREACHABLE, f"host {host_id} is no longer registered")
     rid = request_id_var.get()
     attachment = VolumeAttachment(
         volume_id=volume.id, device=device.rsplit("/", 1)[-1], serial=volume.id[:20]
     )
-    with agent_errors(host_id, f"creating volume {volume.id}"):
-        client.put_volume(VolumeSpec(id=volume.id, size_gib=volume.size), request_id=rid)
-    with agent_errors(host_id, f"attaching volume {volume.id} to server {server_id}"):
-        client.attach_volume(server_id, attachment, request_id=rid)
+    # Both calls are idempotent, so an agent restarted in the middle of either redoes it (no second file, no
+    # second disk) instead of leaving its spec and the volume's status apart.
+    spec = agent_spec(jctx, volume)
+    call_agent_patiently(
+        jctx, host_id, f"creating volume {volume.id}", lambda c: c.put_volume(spec, request_id=rid)
+    )
+    call_agent_patiently(
+        jctx,
+        host_id,
+        f"attaching volume {volume.id} to server {server_id}",
+        lambda c: c.attach_volume(server_id, attachment, request_id=rid),
+    )
     with session_scope(jctx.engine) as session:
         if not land(
             session, volume.id, transition("attach").during, {"status": IN_USE, "attached_at": utcnow()}
@@ -220,7 +237,7 @@ def extend_volume(jctx: JobContext) -> dict[str, Any]:
         if client is None:
             raise JobFailed(AGENT_UNREACHABLE, f"host {volume.host_id} is no longer registered")
         with agent_errors(volume.host_id, f"extending volume {volume.id} to {new_size} GiB"):
-            client.put_volume(VolumeSpec(id=volume.id, size_gib=new_size), request_id=request_id_var.get())
+            client.put_volume(agent_spec(jctx, volume, new_size), request_id=request_id_var.get())
     with session_scope(jctx.engine) as session:
         values = {"status": payload["back_to"], "size": new_size}
         if not land(session, volume.id, transition("extend").during, values):
@@ -232,8 +249,17 @@ def extend_volume(jctx: JobContext) -> dict[str, Any]:
 # --- helpers ---
 
 
-def _volume(jctx: JobContext) -> Volume:
-    volume_id = jctx.job.payload["volume_id"]
+def agent_spec(jctx: JobContext, volume: Volume, size_gib: int | None = None) -> VolumeSpec:
+    """The volume as the agent should make it, with its source; a source gone meanwhile fails the job."""
+    try:
+        with jctx.session() as session:
+            return volume_spec(session, jctx.ctx.settings, volume, size_gib)
+    except ApiError as exc:
+        raise JobFailed(exc.code, f"volume {volume.id}: its source is unusable: {exc.message}") from exc
+
+
+def _volume(jctx: JobContext, volume_id: str | None = None) -> Volume:
+    volume_id = volume_id or jctx.job.payload["volume_id"]
     with jctx.session() as session:
         volume = session.get(Volume, volume_id)
     if volume is None:

@@ -183,6 +183,7 @@ class Sandbox:
         self.script = workdir / "udhcpc.sh"
         self.script.write_text(_UDHCPC_SCRIPT)
         self.script.chmod(0o755)
+        self.underlay_ip: str | None = None  # set it (and give the host that address) to test the overlay
         self.host = create_netns()  # last: nothing below can fail and leak it
         self.namespaces = [self.host]
 
@@ -190,7 +191,7 @@ class Sandbox:
 
     def net(self, method: str, *args: Any) -> Any:
         def invoke() -> Any:
-            return getattr(HostNetwork(self.state_dir), method)(*args)
+            return getattr(HostNetwork(self.state_dir, underlay_ip=self.underlay_ip), method)(*args)
 
         return call_in_netns(self.host, invoke)
 

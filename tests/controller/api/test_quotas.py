@@ -74,7 +74,15 @@ def test_quota_admin_api(api) -> None:  # type: ignore[no-untyped-def]
     doc = set_quota(api, tenant.project_id, instances=3, ram=-1)
     assert doc["quota"]["instances"] == 3 and doc["quota"]["ram"] == -1
     assert doc["quota"]["cores"] == api.ctx.settings.quota_cores
-    assert doc["usage"] == {"instances": 0, "cores": 0, "ram": 0, "security_groups": 0, "key_pairs": 0}
+    assert doc["usage"] == {
+        "instances": 0,
+        "cores": 0,
+        "ram": 0,
+        "security_groups": 0,
+        "key_pairs": 0,
+        "volumes": 0,
+        "gigabytes": 0,
+    }
     absolute = limits(tenant)
     assert (absolute.max_total_instances, absolute.max_total_ram_size) == (3, -1)
     assert limits(api).max_total_instances == api.ctx.settings.quota_instances  # other projects unchanged
@@ -87,7 +95,7 @@ def test_quota_admin_api(api) -> None:  # type: ignore[no-untyped-def]
             ("/v1/admin/projects/nosuch/quotas", {"quota": {"instances": 1}}, 404),
             (f"/v1/admin/projects/{tenant.project_id}/quotas", {"quota": {"instances": -2}}, 400),
             (f"/v1/admin/projects/{tenant.project_id}/quotas", {"quota": {"instances": "5"}}, 400),
-            (f"/v1/admin/projects/{tenant.project_id}/quotas", {"quota": {"volumes": 5}}, 400),
+            (f"/v1/admin/projects/{tenant.project_id}/quotas", {"quota": {"eips": 5}}, 400),
         ):
             with pytest.raises(ApiCallError) as info:
                 client.put(path, body)

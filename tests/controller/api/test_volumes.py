@@ -172,7 +172,7 @@ def test_create_show_list_update_delete(api: Any) -> None:
         ({"availability_zone": "mars-1"}, "availability_zone"),
         ({"count": 0}, "count"),
         ({"multiattach": True}, "multiattach"),
-        ({"snapshot_id": "snap-1"}, "snapshot_id"),
+        ({"snapshot_id": "snap-1", "image_ref": "img-1"}, "snapshot_id"),
     ],
 )
 def test_bad_create_is_400_and_creates_nothing(api: Any, fields: dict[str, Any], fragment: str) -> None:

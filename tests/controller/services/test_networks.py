@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from agent.schemas import NetworkSpec, RuleSpec, SubnetSpec
+from agent.schemas import NetworkSpec, OverlaySpec, RuleSpec, SubnetSpec
 from controller.db import create_schema, make_engine, session_scope
 from controller.errors import BadRequest, NotFound
 from controller.models.network import SecurityGroup
@@ -83,6 +83,7 @@ def test_network_spec_has_the_vpc_and_its_subnets(engine: Engine) -> None:
                 id=b.id, cidr="10.8.2.0/24", gateway_ip="10.8.2.1", dhcp_enable=False, dns=[], mtu=1450
             ),
         ],
+        overlay=OverlaySpec(version=spec.overlay.version),  # no server placed yet: nobody to peer with
     )
     with Session(engine) as session, pytest.raises(NotFound):
         networks.network_spec(session, "no-such-vpc")

@@ -15,12 +15,13 @@ from controller.models.keypair import Keypair
 from controller.models.network import SecurityGroup
 from controller.models.project import Project
 from controller.models.server import Server
+from controller.models.volume import Volume
 from controller.services import flavors, quotas
 from tests.support.postgres import on_both_databases
 
 pytestmark = on_both_databases()
 
-SETTINGS = Settings(quota_instances=3, quota_cores=4, quota_ram_mib=1024)
+SETTINGS = Settings(quota_instances=3, quota_cores=4, quota_ram_mib=1024, quota_volumes=2, quota_gigabytes=10)
 
 
 @pytest.fixture
@@ -50,12 +51,12 @@ def _server(project: str, flavor: str = "s6.small.1", status: str = "ACTIVE") ->
 
 def test_limits_are_the_defaults_until_overridden(engine: Engine) -> None:
     with session_scope(engine) as session:
-        assert quotas.get_limits(session, SETTINGS, "p1") == quotas.Limits(3, 4, 1024, 100, 100)
+        assert quotas.get_limits(session, SETTINGS, "p1") == quotas.Limits(3, 4, 1024, 100, 100, 2, 10)
         quotas.set_limits(session, "p1", {"instances": 10, "ram": -1})
         quotas.set_limits(session, "p1", {"cores": 8})
     with session_scope(engine) as session:
-        assert quotas.get_limits(session, SETTINGS, "p1") == quotas.Limits(10, 8, -1, 100, 100)
-        assert quotas.get_limits(session, SETTINGS, "p2") == quotas.Limits(3, 4, 1024, 100, 100)
+        assert quotas.get_limits(session, SETTINGS, "p1") == quotas.Limits(10, 8, -1, 100, 100, 2, 10)
+        assert quotas.get_limits(session, SETTINGS, "p2") == quotas.Limits(3, 4, 1024, 100, 100, 2, 10)
         quotas.set_limits(session, "p1", {"instances": None})
         assert quotas.get_limits(session, SETTINGS, "p1").instances == 3
         with pytest.raises(NotFound):
@@ -71,9 +72,30 @@ def test_usage_counts_live_servers_of_the_project(engine: Engine) -> None:
         session.add(_server("p2"))
         session.add(SecurityGroup(project_id="p1", name="g"))
         session.add(Keypair(project_id="p1", name="k", public_key="ssh-ed25519 AAAA", fingerprint="f"))
+        session.add_all([_volume("p1", 3), _volume("p1", 5), _volume("p1", 7, "deleted"), _volume("p2", 1)])
     with Session(engine) as session:
         used = quotas.get_usage(session, "p1")
-    assert used == quotas.Limits(2, 2 * small.vcpus, 2 * small.ram_mib, 1, 1)
+    assert used == quotas.Limits(2, 2 * small.vcpus, 2 * small.ram_mib, 1, 1, 2, 8)
+
+
+def test_volumes_over_either_limit_are_refused(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        session.add_all([_volume("p1", 4), _volume("p1", 4)])
+        session.flush()
+        quotas.check_volumes_added(session, SETTINGS, "p1", count=2, gigabytes=8)
+        with pytest.raises(QuotaExceeded) as info:  # 8 + 3 GiB > 10
+            quotas.check_volumes_added(session, SETTINGS, "p1", count=0, gigabytes=3, growing=3)
+        assert info.value.code == "EVS.0105" and "8 GiB of 10 GiB already used" in info.value.message
+        session.add(_volume("p1", 1))
+        session.flush()
+        with pytest.raises(QuotaExceeded, match="volumes: requested 1, 2 of 2"):
+            quotas.check_volumes_added(session, SETTINGS, "p1", count=1, gigabytes=1)
+        quotas.set_limits(session, "p1", {"volumes": -1, "gigabytes": -1})
+        quotas.check_volumes_added(session, SETTINGS, "p1", count=1, gigabytes=1, growing=1000)
+
+
+def _volume(project: str, size: int, status: str = "available") -> Volume:
+    return Volume(project_id=project, size=size, availability_zone="az", status=status)
 
 
 def test_servers_over_any_limit_are_refused_and_unlimited_is_never(engine: Engine) -> None:

@@ -243,6 +243,9 @@ nocloud_boot() {
         tc_install_keys <"$TC_RUN/keys"
         nc_passwords "$TC_RUN/config.flat" | chpasswd
         tc_log "instance $iid: $keys SSH key(s), hostname ${name:-unchanged}"
+        # On disk before the semaphore: a power cut soon after the first boot (`virsh destroy`) must not leave
+        # the instance marked as configured with an empty authorized_keys (ext4 keeps new files' data in memory).
+        sync
         touch "$idir/sem/config"
     fi
 }

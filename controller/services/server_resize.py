@@ -1,0 +1,192 @@
+"""Resize (modify specifications): a server gets another flavor's vCPUs and memory, and a larger root disk when
+that flavor has one, in place on its host.
+
+The request is checked and recorded in one transaction: the compare-and-swap into the RESIZE task, then the
+server row takes the new flavor and root size at once, so the project's quota usage and the host's capacity
+claim (both summed from the server rows) count the new size from that moment; the quota and the host are
+checked for the difference before the transaction commits. The job (`jobs/handlers/server_resize.py`) has the
+agent stop the guest, redefine it and start it again; a failure puts the old flavor back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from controller.config import Settings
+from controller.context import ControllerContext
+from controller.db import session_scope
+from controller.errors import BadRequest, Conflict, QuotaExceeded
+from controller.jobs.queue import new_job
+from controller.models.flavor import Flavor
+from controller.models.host import Host
+from controller.models.image import Image
+from controller.models.server import Server
+from controller.models.server_change import WITH_STOP_SERVER, ResizeServerIn
+from controller.scheduler import HostCandidate, PlacementRequest, SchedulerPolicy, schedule
+from controller.services import flavors, quotas
+from controller.services.servers import (
+    NO_VALID_HOST,
+    SERVER_BUSY,
+    begin_transition,
+    get_server,
+    host_candidates,
+)
+from controller.state import ACTIVE, SHUTOFF
+
+log = logging.getLogger(__name__)
+
+RESIZE_JOB = "resizeServer"
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """What a resize changes; kept in the job's payload so a failure can put the old values back."""
+
+    action: str  # resize (a running server) or resize_stopped
+    old_flavor_id: str
+    old_root_gib: int
+    new_flavor_id: str
+    new_root_gib: int
+
+
+def resize_server(
+    ctx: ControllerContext, project_id: str, server_id: str, body: ResizeServerIn, request_id: str
+) -> str | None:
+    """Start resizing the server; the job id, or None for a dry run that passed."""
+    option = body.resize
+    with session_scope(ctx.engine) as session:
+        server = get_server(session, project_id, server_id)
+        flavor = flavors.get_flavor(session, option.flavor_ref)
+        plan = plan_resize(session, server, flavor, stop_allowed=option.mode == WITH_STOP_SERVER)
+        old = flavors.get_flavor(session, plan.old_flavor_id, include_disabled=True)
+        from_status = server.status  # read before the update below refreshes the row
+        begin_transition(session, [server], plan.action)
+        session.exec(  # type: ignore[call-overload]
+            update(Server)
+            .where(col(Server.id) == server.id)
+            .values(flavor_id=flavor.id, root_volume_size=plan.new_root_gib)
+        )
+        check_quota(
+            session,
+            ctx.settings,
+            project_id,
+            vcpus=flavor.vcpus - old.vcpus,
+            ram=flavor.ram_mib - old.ram_mib,
+        )
+        if server.host_id is not None:
+            check_host(session, ctx.settings, server.host_id, server.id, old, flavor, plan)
+        if body.dry_run:
+            session.rollback()
+            log.info("dry run of resizing server %s to %s passed", server_id, flavor.id)
+            return None
+        job = new_job(
+            project_id,
+            RESIZE_JOB,
+            payload={"server_id": server.id, "from_status": from_status, **dataclasses.asdict(plan)},
+            entities={"server_id": server.id},
+            request_id=request_id,
+        )
+        session.add(job)
+    log.info(
+        "resizing server %s from %s (%s GiB) to %s (%s GiB), job %s",
+        server_id,
+        plan.old_flavor_id,
+        plan.old_root_gib,
+        plan.new_flavor_id,
+        plan.new_root_gib,
+        job.id,
+    )
+    ctx.kick_jobs()
+    return job.id
+
+
+def plan_resize(session: Session, server: Server, flavor: Flavor, *, stop_allowed: bool) -> ResizePlan:
+    """Check that the server may take `flavor` (400/409 if not) and say what changes."""
+    if flavor.id == server.flavor_id:
+        raise BadRequest(f"Instance[{server.id}] already has flavor {flavor.id}; choose another one")
+    if flavor.disk_gib and flavor.disk_gib < server.root_volume_size:
+        raise BadRequest(
+            f"Flavor {flavor.id} has a {flavor.disk_gib} GiB root disk, smaller than the "
+            f"{server.root_volume_size} GiB of Instance[{server.id}]: a root disk cannot shrink"
+        )
+    image = session.get(Image, server.image_id)
+    if image is not None and image.min_ram > flavor.ram_mib:
+        raise BadRequest(
+            f"Flavor {flavor.id} has {flavor.ram_mib} MiB of memory; image {image.id} needs {image.min_ram} MiB"
+        )
+    if server.status == ACTIVE and not stop_allowed:
+        raise Conflict(
+            f"Instance[{server.id}] is running: stop it first, or pass mode {WITH_STOP_SERVER} to have it "
+            "stopped for the resize and started again",
+            code=SERVER_BUSY,
+        )
+    return ResizePlan(
+        action="resize_stopped" if server.status == SHUTOFF else "resize",
+        old_flavor_id=server.flavor_id,
+        old_root_gib=server.root_volume_size,
+        new_flavor_id=flavor.id,
+        new_root_gib=max(server.root_volume_size, flavor.disk_gib),
+    )
+
+
+def check_quota(session: Session, settings: Settings, project_id: str, *, vcpus: int, ram: int) -> None:
+    """Raise 403 if growing by `vcpus` and `ram` MiB (already flushed) takes the project over its quota."""
+    quotas.lock_project(session, project_id)
+    limits = quotas.get_limits(session, settings, project_id)
+    used = quotas.get_usage(session, project_id)
+    for resource, delta, unit in (("cores", vcpus, ""), ("ram", ram, " MiB")):
+        limit, total = getattr(limits, resource), getattr(used, resource)
+        if delta > 0 and limit != quotas.UNLIMITED and total > limit:
+            raise QuotaExceeded(
+                f"Quota exceeded for {resource}: the resize adds {delta}{unit}, {total - delta}{unit} of "
+                f"{limit}{unit} already used.",
+                code=quotas.ECS_QUOTA,
+            )
+
+
+def check_host(
+    session: Session,
+    settings: Settings,
+    host_id: str,
+    server_id: str,
+    old: Flavor,
+    new: Flavor,
+    plan: ResizePlan,
+) -> None:
+    """409 if the server's host has no room for the growth (its claim already counts the new flavor)."""
+    hosts = list(session.exec(select(Host).where(Host.id == host_id).with_for_update()).all())
+    if not hosts:
+        return  # a host that went away: the job fails with a clear reason
+    (claimed,) = host_candidates(session, hosts)
+    # Judge the growth alone against the host without it, ignoring zone, enablement and liveness: the
+    # server stays where it is, and a disabled host only refuses new servers.
+    before = HostCandidate(
+        id=claimed.id,
+        availability_zone=claimed.availability_zone,
+        enabled=True,
+        heartbeat_age=0.0,
+        vcpus=claimed.vcpus,
+        memory_mib=claimed.memory_mib,
+        disk_gib=claimed.disk_gib,
+        used_vcpus=claimed.used_vcpus - (new.vcpus - old.vcpus),
+        used_ram_mib=claimed.used_ram_mib - (new.ram_mib - old.ram_mib),
+        used_disk_gib=claimed.used_disk_gib - (plan.new_root_gib - plan.old_root_gib),
+        servers=claimed.servers,
+    )
+    growth = PlacementRequest(
+        vcpus=max(0, new.vcpus - old.vcpus),
+        ram_mib=max(0, new.ram_mib - old.ram_mib),
+        disk_gib=plan.new_root_gib - plan.old_root_gib,
+    )
+    result = schedule(growth, [before], SchedulerPolicy(host_dead_seconds=settings.host_dead_seconds))
+    if not isinstance(result, str):
+        raise Conflict(
+            f"Host {host_id} of Instance[{server_id}] has no room for flavor {new.id}: "
+            f"{result.reasons.get(host_id, 'no capacity')}",
+            code=NO_VALID_HOST,
+        )
