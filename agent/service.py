@@ -112,6 +112,17 @@ class SpecStore:
     def _path(self, server_id: str) -> Path:
         return self.directory / f"{server_id}.json"
 
+    def _tombstone(self, server_id: str) -> Path:
+        return self.directory / f"{server_id}.deleting"
+
+    def mark_deleting(self, server_id: str) -> None:
+        """Record that a delete began, so a restart in the middle does not bring the server back."""
+        if self._path(server_id).exists():
+            self._tombstone(server_id).touch()
+
+    def deleting(self, server_id: str) -> bool:
+        return self._tombstone(server_id).exists()
+
     def get(self, server_id: str) -> ServerSpec | None:
         try:
             return ServerSpec.model_validate_json(self._path(server_id).read_bytes())
@@ -130,9 +141,11 @@ class SpecStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._tombstone(spec.id).unlink(missing_ok=True)  # the newest wish wins over an unfinished delete
 
     def delete(self, server_id: str) -> None:
         self._path(server_id).unlink(missing_ok=True)
+        self._tombstone(server_id).unlink(missing_ok=True)
 
     def all(self) -> list[ServerSpec]:
         specs = []
@@ -271,7 +284,11 @@ class AgentService:
     def _restore(self, spec: ServerSpec) -> bool:
         """Bring back a server whose spec survived but whose domain did not: an agent killed between storing the
         spec and defining the domain, or a hypervisor that lost its definitions (libvirt's test driver forgets
-        everything with its process). The spec is what the controller wants, so the host is made to match it."""
+        everything with its process). The spec is what the controller wants, so the host is made to match it;
+        unless a delete of it had begun, which the controller's retry finishes."""
+        if self._specs.deleting(spec.id):
+            log.info("server %s: its delete was interrupted; left for the controller to finish", spec.id)
+            return False
         try:
             self.ensure_server(spec)
         except Exception:  # one server must not keep the host from starting; the reconciler sees it missing
@@ -420,6 +437,7 @@ class AgentService:
         check_server_id(server_id)
         with self._server_lock(server_id):
             paths = instance_paths(self.state_dir, server_id)
+            self._specs.mark_deleting(server_id)
             with step(server_id, "removing domain", VirtError):
                 self._host.undefine(server_id)  # destroys a running domain first; nothing if none
             with step(server_id, "removing disks", StorageError):

@@ -28,6 +28,9 @@ import logging
 import queue
 import random
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 from huaweicloudsdkecs.v2 import (
     CreatePostPaidServersRequest,
     CreatePostPaidServersRequestBody,
@@ -55,7 +59,7 @@ from huaweicloudsdkvpc.v2 import (
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from agent.sim import SimCapacity, SimulatedFleet
+from agent.sim import SimCapacity
 from bench.support import Controller, make_seed_image, start_controller
 from controller.config import Settings
 from controller.main import build_context
@@ -295,9 +299,7 @@ def _network(controller: Controller, servers: int) -> tuple[str, str]:
     return vpc_id, subnet.id
 
 
-def bench_api(
-    controller: Controller, fleet: SimulatedFleet, count: int, seed: int, policy: SchedulerPolicy
-) -> dict[str, Any]:
+def bench_api(controller: Controller, count: int, seed: int, policy: SchedulerPolicy) -> dict[str, Any]:
     from controller.models.image import Image
 
     with Session(controller.ctx.engine) as session:
@@ -346,12 +348,15 @@ def bench_api(
         usage = claimed_usage(session)
         hosts = list(session.exec(select(Host)).all())
     active = [s for s in rows.values() if s.status == "ACTIVE"]
-    # Each ACTIVE server is a running domain on the simulated host it was placed on, and nowhere else.
+    # Each ACTIVE server is a running domain on the simulated host it was placed on, as that host's agent API
+    # reports it (the heartbeat's own `GET /v1/host`), and nowhere else.
     running: dict[str, str] = {}
-    for host in fleet.hosts:
-        for state in host.service.host_info().servers:
-            if state.power == "running":
-                running[state.id] = host.host_id
+    with httpx.Client(headers={"Authorization": f"Bearer {controller.ctx.join_token}"}, timeout=60) as http:
+        for host in hosts:
+            info = http.get(f"{host.url}/v1/host").raise_for_status().json()
+            for state in info["servers"]:
+                if state["power"] == "running":
+                    running[state["id"]] = host.id
     misplaced = [s.id for s in active if running.get(s.id) != s.host_id]
     return {
         "servers": count,
@@ -366,6 +371,44 @@ def bench_api(
         "per_s": count / elapsed,
         "overcommitted": overcommitted(usage, hosts, policy),
     }
+
+
+def start_fleet(
+    controller: Controller, root: Path, hosts: int, heartbeat_seconds: float
+) -> subprocess.Popen[bytes]:
+    """The simulated hosts in a process of their own (`python -m agent.sim`), so their agent work does not share
+    the controller's interpreter; returns once every host has registered."""
+    root.mkdir(parents=True)
+    (root / "join-token").write_text(controller.ctx.join_token)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "agent.sim", "--controller", controller.url]
+    argv += [
+        "--join-token-file",
+        str(root / "join-token"),
+        "--root",
+        str(root / "hosts"),
+        "--hosts",
+        str(hosts),
+    ]
+    argv += ["--vcpus", str(CAPACITY.vcpus), "--memory-mib", str(CAPACITY.memory_mib)]
+    argv += ["--disk-gib", str(CAPACITY.disk_gib), "--heartbeat-seconds", str(heartbeat_seconds)]
+    argv += ["--port", str(port)]
+    with (root / "fleet.log").open("wb") as log_file:
+        fleet = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while True:
+        with Session(controller.ctx.engine) as session:
+            registered = int(session.exec(select(func.count()).select_from(Host)).one())
+        if registered >= hosts:
+            return fleet
+        if fleet.poll() is not None or time.monotonic() > deadline:
+            fleet.kill()
+            raise RuntimeError(
+                f"the simulated fleet did not register: {(root / 'fleet.log').read_text()[-2000:]}"
+            )
+        time.sleep(0.2)
 
 
 def main() -> None:
@@ -397,14 +440,7 @@ def main() -> None:
         policy = SchedulerPolicy(host_dead_seconds=controller.ctx.settings.host_dead_seconds)
         try:
             t0 = time.perf_counter()
-            fleet = SimulatedFleet(
-                controller.url,
-                controller.ctx.join_token,
-                workdir / "fleet",
-                args.hosts,
-                capacity=CAPACITY,
-                heartbeat_seconds=args.heartbeat_seconds,
-            ).start()
+            fleet = start_fleet(controller, workdir / "fleet", args.hosts, args.heartbeat_seconds)
             registered = time.perf_counter() - t0
             print(f"{args.hosts} simulated hosts registered in {registered:.1f} s", file=sys.stderr)
             try:
@@ -417,9 +453,10 @@ def main() -> None:
                     claims = bench_claims(controller, asks, args.claim_threads, workdir, policy)
                     print(f"claim: {claims['per_s']:.0f} claims/s", file=sys.stderr)
                 if "api" in parts:
-                    api = bench_api(controller, fleet, api_servers, args.seed, policy)
+                    api = bench_api(controller, api_servers, args.seed, policy)
             finally:
-                fleet.stop()
+                fleet.send_signal(signal.SIGTERM)
+                fleet.wait(timeout=120)
         finally:
             controller.stop()
     finally:

@@ -90,8 +90,7 @@ class HostNetwork:
             proc.which(tool)
         if self.underlay_ip is not None:
             proc.which("nft")
-            with links.netlink() as host:
-                links.link_with_address(host, self.underlay_ip)
+            overlay.check_local_address(self.underlay_ip)
         if not (BR_NETFILTER / BR_NF_KNOBS[0]).exists():
             try:
                 proc.run(["modprobe", "br_netfilter"])

@@ -146,3 +146,16 @@ def resolve_underlay(configured: str | None, controller_url: str | None) -> str 
     if configured:
         return str(ipaddress.IPv4Address(configured))
     return detect_underlay_ip(controller_url)
+
+
+def check_local_address(address: str) -> None:
+    """NetworkError unless `address` is on an interface of this namespace (binding proves it; no netlink, so
+    this also works from the agent's event loop at start-up)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError as exc:
+            raise NetworkError(
+                f"the underlay address {address} (LABCLOUD_AGENT_UNDERLAY_IP or detected) is not on any "
+                f"interface here: {exc.strerror}"
+            ) from None

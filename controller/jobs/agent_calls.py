@@ -47,9 +47,10 @@ def call_agent_patiently(
     """`call` on the host's agent, its errors mapped as `agent_errors` does; None for a 404 with `missing_ok`.
 
     An agent that cannot be reached while its host still counts as up is an agent being restarted (a crash,
-    `kill -9`, an upgrade): the call is repeated every second until it answers, for at most
-    `host_dead_seconds`, and fails for good once the host is down. Only for idempotent calls (PUT of a whole
-    spec, DELETE), which the agent finishes or redoes whatever it was doing when it died.
+    `kill -9`, an upgrade): the call is repeated every second until it answers, and fails for good once the
+    host is down (no heartbeat for `host_dead_seconds`) or after twice that long. Only for idempotent calls
+    (PUT of a whole spec, DELETE, power actions), which the agent redoes or finishes whatever it was doing when
+    it died.
     """
     deadline: float | None = None
     while True:
@@ -62,7 +63,7 @@ def call_agent_patiently(
             return None  # a 404 that missing_ok accepted
         except JobFailed as exc:
             now = time.monotonic()
-            deadline = deadline or now + jctx.ctx.settings.host_dead_seconds
+            deadline = deadline or now + 2 * jctx.ctx.settings.host_dead_seconds
             if exc.code != AGENT_UNREACHABLE or now >= deadline or not _host_up(jctx, host_id):
                 raise
             log.warning("%s: host %s does not answer but is not down yet; retrying: %s", what, host_id, exc)

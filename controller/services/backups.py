@@ -37,6 +37,7 @@ from controller.models.server import Server
 from controller.models.volume import Volume
 from controller.services import servers as server_service
 from controller.services import volumes as volume_service
+from controller.services.backup_sources import unwritten_volumes_from
 from controller.services.volume_state import AVAILABLE as VOLUME_AVAILABLE
 from controller.services.volume_state import ERROR as VOLUME_ERROR
 
@@ -163,6 +164,7 @@ def delete_vault(ctx: ControllerContext, project_id: str, vault_id: str, request
             raise BadRequest(
                 f"vault {vault_id} has backup tasks in progress ({', '.join(busy)})", code=BACKUP_BUSY
             )
+        _check_no_volume_waits(session, [b.id for b in backups])
         vault.status, vault.deleted_at, vault.updated_at = DELETED, utcnow(), utcnow()
         session.add(vault)
         for backup in backups:
@@ -237,6 +239,13 @@ def _plan_backup(
         if volume.status not in (VOLUME_AVAILABLE, "in-use"):
             raise Conflict(
                 f"volume {volume.id} is {volume.status}; it cannot be backed up now", code=BACKUP_BUSY
+            )
+        if volume.host_id is None and volume.source_kind is not None:
+            # Its data is still only its source's (filled at the first attach); an empty backup would lie.
+            raise Conflict(
+                f"volume {volume.id} has not been filled from its {volume.source_kind} yet (that happens at "
+                "its first attach); attach it once before backing it up",
+                code=BACKUP_BUSY,
             )
         top = Backup(
             **common,
@@ -402,6 +411,17 @@ def _start_delete(session: Session, backup: Backup, vault: Vault, request_id: st
     )
 
 
+def _check_no_volume_waits(session: Session, backup_ids: list[str]) -> None:
+    """400 while a volume (or a snapshot of one) made from these backups has not been filled from them yet:
+    that happens at its first attach, and the data must still be in the store then."""
+    waiting = unwritten_volumes_from(session, backup_ids)
+    if waiting:
+        raise _bad(
+            f"volumes or snapshots {', '.join(sorted(waiting))} are still to be filled from this backup at "
+            "their first attach; attach or delete them first"
+        )
+
+
 def delete_backup(ctx: ControllerContext, project_id: str, backup_id: str, request_id: str) -> None:
     with session_scope(ctx.engine) as session:
         backup = get_backup(session, project_id, backup_id)
@@ -409,6 +429,7 @@ def delete_backup(ctx: ControllerContext, project_id: str, backup_id: str, reque
             raise _bad(f"backup {backup_id} is part of server backup {backup.parent_id}; delete that one")
         if backup.status not in (AVAILABLE, ERROR):
             raise BadRequest(f"backup {backup_id} is {backup.status}; try again later", code=BACKUP_BUSY)
+        _check_no_volume_waits(session, [backup.id, *(c.id for c in children(session, backup.id))])
         vault = session.get(Vault, backup.vault_id)
         assert vault is not None
         _start_delete(session, backup, vault, request_id)

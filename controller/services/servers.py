@@ -212,8 +212,8 @@ def claim_host(ctx: ControllerContext, server_id: str, *, any_zone: bool) -> Cla
             availability_zone=None if any_zone else server.availability_zone,
             anti_affinity=server_groups.anti_affinity_for(session, server_id),
         )
-        # Plain rows rather than ORM objects: building 1,000 Host entities was most of a claim's time.
-        hosts = list(session.exec(select(*_CANDIDATE_COLUMNS).with_for_update()).all())
+        # Core rows rather than ORM objects: building 1,000 Host entities was most of a claim's time.
+        hosts = list(session.connection().execute(select(*_CANDIDATE_COLUMNS).with_for_update()).all())
         policy = SchedulerPolicy(host_dead_seconds=settings.host_dead_seconds)
         result = schedule(request, host_candidates(session, hosts), policy)
         if isinstance(result, NoValidHost):
@@ -241,7 +241,7 @@ def host_candidates(session: Session, hosts: Sequence[Any]) -> list[HostCandidat
     """Hosts with what the servers that claim them use (flavor vCPUs and RAM, root disk size).
 
     `hosts` are Host objects or rows of `_CANDIDATE_COLUMNS`."""
-    usage = session.exec(
+    usage = session.connection().execute(
         select(
             Server.host_id,
             func.count(col(Server.id)),

@@ -21,6 +21,7 @@ from controller.models.image import ACTIVE as IMAGE_ACTIVE
 from controller.models.image import Image
 from controller.models.snapshot import Snapshot
 from controller.models.volume import Volume, VolumeIn
+from controller.services.backup_sources import BACKUP, disk_backup, stored_backup_file
 from controller.services.image_store import get_image, image_ref
 from controller.services.snapshot_state import AVAILABLE as SNAPSHOT_AVAILABLE
 from controller.services.snapshot_state import DELETED as SNAPSHOT_DELETED
@@ -54,12 +55,21 @@ def get_snapshot(session: Session, project_id: str, snapshot_id: str) -> Snapsho
 
 
 def resolve_source(session: Session, project_id: str, req: VolumeIn) -> Source:
-    """Check `imageRef` / `snapshot_id` of a create request: one at most, usable, and fitting the size."""
-    given = [key for key, value in (("imageRef", req.image_ref), ("snapshot_id", req.snapshot_id)) if value]
+    """Check `imageRef` / `snapshot_id` / `backup_id` of a create request: one at most, usable, and fitting
+    the size."""
+    named = (("imageRef", req.image_ref), ("snapshot_id", req.snapshot_id), ("backup_id", req.backup_id))
+    given = [key for key, value in named if value]
     if len(given) > 1:
-        raise BadRequest("Invalid volume: give imageRef or snapshot_id, not both", code=BAD_VOLUME_REQUEST)
+        raise BadRequest(
+            f"Invalid volume: give one of imageRef, snapshot_id and backup_id, not {' and '.join(given)}",
+            code=BAD_VOLUME_REQUEST,
+        )
     if req.snapshot_id:
         source = _snapshot_source(session, project_id, req)
+    elif req.backup_id:
+        backup = disk_backup(session, project_id, req.backup_id)
+        bootable = "true" if backup.system_disk else "false"
+        source = Source(BACKUP, backup.id, None, backup.resource_size, bootable)
     elif req.image_ref:
         source = _image_source(session, project_id, req.image_ref)
     else:
@@ -128,4 +138,6 @@ def agent_source(
         return VolumeSource(kind="image", id=source_id, image=image_ref(image, settings))
     if kind == SNAPSHOT:
         return VolumeSource(kind="snapshot", id=source_id)
+    if kind == BACKUP:
+        return VolumeSource(kind="backup", id=source_id, backup=stored_backup_file(session, settings, source_id))
     raise BadRequest(f"unknown volume source kind {kind!r}", code=BAD_VOLUME_REQUEST)

@@ -153,7 +153,6 @@ def _check_create(req: VolumeIn, server_id: str | None) -> None:
     if len(req.metadata) > MAX_METADATA:
         problems.append(f"at most {MAX_METADATA} metadata entries")
     unsupported = {
-        "backup_id": req.backup_id,
         "server_id": server_id,
     }
     problems += [f"{key} is not supported yet" for key, value in unsupported.items() if value]

@@ -401,6 +401,26 @@ def test_restart_resyncs_networks_and_restores_lost_domains_from_stored_specs(
         again.close()
 
 
+def test_a_restart_in_the_middle_of_a_delete_does_not_bring_the_server_back(tmp_path: Path, rig: Rig) -> None:
+    rig.service.ensure_server(make_spec(rig.image))
+    rig.service._specs.mark_deleting("srv-1")  # where delete_server stands when the agent is killed in it
+    rig.close()
+    again = Rig(tmp_path, rig.image, state_dir=rig.state)
+    try:
+        again.service.resync()
+        assert again.host.list_servers() == {}
+        again.service.delete_server("srv-1")  # the controller's retry
+        assert sorted(p.name for p in (rig.state / "specs").iterdir()) == []
+        # A later PUT of the same server is a new wish: it clears an unfinished delete's mark.
+        again.service.ensure_server(make_spec(rig.image))
+        again.service._specs.mark_deleting("srv-1")
+        assert again.service._specs.deleting("srv-1")
+        again.service.ensure_server(make_spec(rig.image))
+        assert not again.service._specs.deleting("srv-1")
+    finally:
+        again.close()
+
+
 def test_concurrent_ensures_of_different_servers(rig: Rig) -> None:
     errors: list[BaseException] = []
 

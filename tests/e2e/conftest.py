@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.cloud import Cloud, CloudFactory, closing
 from tests.support.image import tinycloud_image
+from tests.support.lab import Lab, running_lab
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,13 @@ def cloud(guest_image: Path) -> Iterator[Cloud]:
 @pytest.fixture
 def cloud_factory(guest_image: Path) -> Iterator[CloudFactory]:
     yield from closing(CloudFactory(default_env={"LABCLOUD_SEED_IMAGE": str(guest_image)}))
+
+
+@pytest.fixture(scope="module")
+def lab(guest_image: Path) -> Iterator[Lab]:
+    """`labcloud lab up --hosts 2 --azs 2`: a controller and two hosts (zones lab-1a, lab-1b) on an underlay."""
+    with running_lab(hosts=2, azs=2, extra_env={"LABCLOUD_SEED_IMAGE": str(guest_image)}) as made:
+        yield made
 
 
 @pytest.fixture

@@ -122,6 +122,10 @@ def _files_naming(cloud: Any, needle: str) -> list[str]:
     return sorted(found.split())
 
 
+def _agent_log_tail(home: Path, lines: int = 80) -> str:
+    return "\n".join((home / "logs" / "agent.log").read_text(errors="replace").splitlines()[-lines:])
+
+
 def _qemu_pid(server_id: str) -> int:
     marker = f"guest={domain_name(server_id)},".encode()
     for entry in os.listdir("/proc"):
@@ -203,7 +207,7 @@ def test_agent_killed_mid_create_and_mid_delete_converges_and_auto_restart_bring
     took = _wait("the create job to end", lambda: journey.show_job(ecs, job_id).status in ("SUCCESS", "FAIL"))
     job = journey.show_job(ecs, job_id)
     log.info("create converged %.1f s after the agent's restart: %s", took, job.status)
-    assert job.status == "SUCCESS", (job.error_code, job.fail_reason)
+    assert job.status == "SUCCESS", (job.error_code, job.fail_reason, _agent_log_tail(home))
     assert took < CONVERGE_S, f"the create took {took:.1f} s to converge after the restart"
     server = journey.show(ecs, server_id)
     assert server.status == "ACTIVE" and not server.fault
@@ -254,7 +258,7 @@ def test_agent_killed_mid_create_and_mid_delete_converges_and_auto_restart_bring
     )
     job = journey.show_job(ecs, delete_job)
     log.info("delete converged %.1f s after the agent's restart: %s", took, job.status)
-    assert job.status == "SUCCESS", (job.error_code, job.fail_reason)
+    assert job.status == "SUCCESS", (job.error_code, job.fail_reason, _agent_log_tail(home))
     assert took < CONVERGE_S, f"the delete took {took:.1f} s to converge after the restart"
     with pytest.raises(ClientRequestException) as gone:
         journey.show(ecs, server_id)

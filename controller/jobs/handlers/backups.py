@@ -26,6 +26,7 @@ from controller.models.backup import VOLUME_TYPE, Backup, Checkpoint, OperationL
 from controller.models.common import utcnow
 from controller.models.server import Server
 from controller.models.volume import Volume
+from controller.services.backup_sources import backup_file
 from controller.services.backup_store import open_store
 from controller.services.backups import (
     AVAILABLE,
@@ -225,11 +226,7 @@ def _backup_failed(jctx: JobContext, top: Backup, code: str, reason: str) -> Non
 
 
 def _file(jctx: JobContext, disk: Backup) -> BackupFile:
-    if disk.store_key is None:
-        return BackupFile(url=None)
-    return BackupFile(
-        url=f"{jctx.ctx.settings.endpoint}/internal/backups/{disk.id}/file", checksum=disk.checksum
-    )
+    return backup_file(jctx.ctx.settings, disk)
 
 
 def _restore_failed(jctx: JobContext, code: str, reason: str) -> None:
