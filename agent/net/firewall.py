@@ -1,4 +1,4 @@
-"""Applying a rendered `Ruleset` to the kernel with ipset and iptables-restore, and removing it again.
+"""Applying a rendered `Ruleset` to the kernel with ipset, iptables-restore and nft, and removing it again.
 
 Order matters: ipsets must exist before rules refer to them, and can be destroyed only after no rule does.
 Unchanged state is detected by comparing with `iptables-save` / `ipset save`, so re-applying writes nothing.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from agent.net import proc, rules
+from agent.net import antispoof, proc, rules
 from agent.net.rules import FilterState, Ruleset
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Firewall:
             changed = True
         changed |= self._v4.sync(desired.chains)
         changed |= self._v6.sync(desired.chains6)
+        changed |= antispoof.sync(desired.bridge)
         stale = set(current_sets) - set(desired.sets)
         if stale:
             proc.run(["ipset", "restore"], stdin=rules.render_ipset_destroy(stale))
@@ -88,6 +89,7 @@ class Firewall:
     def teardown(self) -> None:
         """Remove every labcloud chain, the FORWARD jumps and every labcloud ipset."""
         removed = self._v4.clear() + self._v6.clear()
+        antispoof.sync("")
         current_sets = self.sets()
         if current_sets:
             proc.run(["ipset", "restore"], stdin=rules.render_ipset_destroy(current_sets))

@@ -21,6 +21,8 @@ VXLAN_PREFIX = "lcx"  # the VPC's VXLAN device (VTEP), a port of its bridge
 
 # nftables tables (bridge family) filtering what may cross a VPC's VXLAN port (the distributed gateway).
 OVERLAY_TABLE_PREFIX = "lc-overlay-"
+# nftables table (bridge family) with the layer-2 anti-spoofing of every guest port (`antispoof`).
+ANTISPOOF_TABLE = "lc-antispoof"
 
 # Devices inside a router namespace (fixed: one router per namespace).
 ROUTER_GATEWAY_DEV = "gw0"  # carries every subnet's gateway address; dnsmasq listens here

@@ -45,6 +45,7 @@ REQUIRED_TOOLS = (
     "ip6tables-save",
     "ip6tables-restore",
     "ipset",
+    "nft",  # the anti-spoofing table of guest ports (antispoof)
     "dnsmasq",
     "dhcp_release",
     "unshare",

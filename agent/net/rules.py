@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.errors import NetworkError
-from agent.net import names
+from agent.net import antispoof, names
 from agent.net.ports import BoundPort
 from agent.schemas import RuleSpec, SecurityGroupSpec
 
@@ -46,6 +46,7 @@ class Ruleset:
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sets: dict[str, frozenset[str]] = field(default_factory=dict)
     chains6: dict[str, tuple[str, ...]] = field(default_factory=dict)  # ip6tables filter table
+    bridge: str = ""  # the nft anti-spoofing table, as `nft list table` prints it (`antispoof`)
 
 
 def render_ruleset(ports: Sequence[BoundPort], groups: Sequence[SecurityGroupSpec]) -> Ruleset:
@@ -72,7 +73,9 @@ def render_ruleset(ports: Sequence[BoundPort], groups: Sequence[SecurityGroupSpe
         chains[names.egress_chain(bp.port.id)] = _egress_chain(bp, port_rules)
         chains[names.ingress_chain(bp.port.id)] = _ingress_chain(bp, port_rules)
     sets = {names.group_set(gid): _members(gid, by_id) for gid in sorted(remote_groups)}
-    return Ruleset(chains=chains, sets=sets, chains6=render_ipv6_chains())
+    return Ruleset(
+        chains=chains, sets=sets, chains6=render_ipv6_chains(), bridge=antispoof.render_table(bound)
+    )
 
 
 def render_ipv6_chains() -> dict[str, tuple[str, ...]]:

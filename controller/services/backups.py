@@ -40,6 +40,7 @@ from controller.services import volumes as volume_service
 from controller.services.backup_sources import unwritten_volumes_from
 from controller.services.volume_state import AVAILABLE as VOLUME_AVAILABLE
 from controller.services.volume_state import ERROR as VOLUME_ERROR
+from controller.services.volume_state import RESTORING_BACKUP
 
 log = logging.getLogger(__name__)
 
@@ -488,7 +489,7 @@ def _check_volume_restore(
     claimed = session.exec(
         update(Volume)
         .where(col(Volume.id) == volume.id, col(Volume.status).in_((VOLUME_AVAILABLE, VOLUME_ERROR)))
-        .values(status="restoring-backup", updated_at=utcnow())
+        .values(status=RESTORING_BACKUP, updated_at=utcnow())
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         raise BadRequest(f"volume {volume.id} changed; try again", code=BACKUP_BUSY)

@@ -139,5 +139,6 @@ def agent_source(
     if kind == SNAPSHOT:
         return VolumeSource(kind="snapshot", id=source_id)
     if kind == BACKUP:
-        return VolumeSource(kind="backup", id=source_id, backup=stored_backup_file(session, settings, source_id))
+        backup = stored_backup_file(session, settings, source_id)
+        return VolumeSource(kind="backup", id=source_id, backup=backup)
     raise BadRequest(f"unknown volume source kind {kind!r}", code=BAD_VOLUME_REQUEST)

@@ -18,6 +18,7 @@ CREATING, AVAILABLE, ATTACHING, IN_USE, DETACHING = (
 )
 DELETING, EXTENDING, ERROR, DELETED = "deleting", "extending", "error", "deleted"
 ROLLBACKING, ERROR_ROLLBACKING = "rollbacking", "error_rollbacking"  # a snapshot rolled back onto it
+RESTORING_BACKUP = "restoring-backup"  # a CBR backup restored onto it (services/backups.py claims it)
 STATUSES = (
     CREATING,
     AVAILABLE,
@@ -30,6 +31,7 @@ STATUSES = (
     DELETED,
     ROLLBACKING,
     ERROR_ROLLBACKING,
+    RESTORING_BACKUP,
 )
 
 
@@ -76,7 +78,7 @@ def refusal(status: str, action: str) -> str | None:
     t = TRANSITIONS[action]
     if status in t.allowed_from:
         return None
-    if status in (CREATING, ATTACHING, DETACHING, DELETING, EXTENDING, ROLLBACKING):
+    if status in (CREATING, ATTACHING, DETACHING, DELETING, EXTENDING, ROLLBACKING, RESTORING_BACKUP):
         return f"the volume is busy ({status}); try again when that finishes"
     needs = " or ".join(sorted(t.allowed_from)) or "a new volume"
     return f"a volume in status {status} cannot be {_VERB.get(action, action)}; it must be {needs}"

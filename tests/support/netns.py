@@ -103,7 +103,9 @@ def entered(ns: str) -> Iterator[None]:
     """
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        target = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+        # A name from `ip netns add`, or a path such as /proc/<pid>/ns/net (an unnamed namespace).
+        path = ns if ns.startswith("/") else f"/run/netns/{ns}"
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(target)
         finally:

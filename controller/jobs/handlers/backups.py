@@ -42,6 +42,7 @@ from controller.services.backups import (
     SUCCESS,
     children,
 )
+from controller.services.volume_state import RESTORING_BACKUP
 from controller.state import ACTIVE, SHUTOFF
 from controller.state import ERROR as SERVER_ERROR
 
@@ -239,7 +240,7 @@ def _restore_failed(jctx: JobContext, code: str, reason: str) -> None:
         if "volume_id" in payload:
             session.exec(
                 update(Volume)
-                .where(col(Volume.id) == payload["volume_id"], col(Volume.status) == "restoring-backup")
+                .where(col(Volume.id) == payload["volume_id"], col(Volume.status) == RESTORING_BACKUP)
                 .values(status="error", updated_at=utcnow())
             )
         else:
@@ -284,7 +285,7 @@ def run_restore(jctx: JobContext) -> dict[str, Any]:
         with session_scope(jctx.engine) as session:
             session.exec(
                 update(Volume)
-                .where(col(Volume.id) == payload["volume_id"], col(Volume.status) == "restoring-backup")
+                .where(col(Volume.id) == payload["volume_id"], col(Volume.status) == RESTORING_BACKUP)
                 .values(status="available", updated_at=utcnow())
             )
     else:

@@ -40,8 +40,9 @@ from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkcore.http.http_config import HttpConfig
 from sqlmodel import Session, func, select
 
+from agent.storage.disks import GIB, image_info
 from controller.models.backup import Backup, OperationLog, Vault
-from tests.agent.storage.test_snapshots import holds_pattern, write_pattern
+from tests.agent.storage.test_snapshots import holds_pattern, same_data, write_pattern
 from tests.controller.api.helpers import expect_error
 from tests.controller.api.server_helpers import wait_job
 from tests.controller.api.test_isolation import new_tenant
@@ -51,7 +52,10 @@ from tests.controller.api.test_volumes import (
     create_volume,
     detach,
     evs_client,
+    show_volume,
     stopped_server,
+    volume_rows,
+    wait_evs_job,
     wait_volume,
 )
 
@@ -235,3 +239,59 @@ def test_bad_backup_requests_change_nothing(api: Any, agent_host: Any) -> None:
     exc = expect_error(lambda: restore(cbr, bk.id, volume_id=other_volume), 400, "BackupService.0001")
     assert "its own volume" in exc.error_msg
     assert counts(api) == before
+
+
+def test_new_volumes_from_backups(api: Any, agent_host: Any) -> None:
+    """EVS create with `backup_id`: a volume backup or one disk of a server backup; made at the first attach."""
+    ecs, evs, cbr = api.ecs(), evs_client(api), cbr_client(api)
+    server_id = stopped_server(api)
+    volume_id = create_volume(evs, name="data").volume_ids[0]
+    wait_volume(evs, volume_id, "available")
+    assert wait_job(ecs, attach(ecs, server_id, volume_id).job_id).status == "SUCCESS"
+    state = agent_host.settings.state_dir
+    write_pattern(state / "volumes" / f"{volume_id}.qcow2", 0x66)
+    (vbk,) = back_up(cbr, make_vault(cbr, "disk", [(volume_id, "OS::Cinder::Volume")], name="vols").id)
+    (sbk,) = back_up(cbr, make_vault(cbr, "server", [(server_id, "OS::Nova::Server")], name="srv").id)
+    root_bk = next(c for c in sbk.children if c.extend_info.system_disk)
+
+    # Bad requests: 4xx, and no volume row made.
+    other = evs_client(new_tenant(api, "other"))
+    before = volume_rows(api)
+    exc = expect_error(lambda: create_volume(evs, backup_id="nope"), 404, "BackupService.6102")
+    assert "nope" in exc.error_msg
+    expect_error(lambda: create_volume(other, backup_id=vbk.id), 404, "BackupService.6102")
+    exc = expect_error(lambda: create_volume(evs, backup_id=sbk.id), 400, "EVS.2024")
+    assert "whole-server backup" in exc.error_msg
+    exc = expect_error(lambda: create_volume(evs, size=1, backup_id=root_bk.id), 400, "EVS.2024")
+    assert f"needs at least {root_bk.resource_size} GiB" in exc.error_msg
+    exc = expect_error(lambda: create_volume(evs, backup_id=vbk.id, snapshot_id="x"), 400, "EVS.2024")
+    assert "snapshot_id and backup_id" in exc.error_msg
+    assert volume_rows(api) == before
+
+    # From the volume backup, larger than its source: the data, then the rest of the size.
+    created = create_volume(evs, name="copy", size=2, backup_id=vbk.id)
+    assert wait_evs_job(evs, created.job_id).status == "SUCCESS"
+    (copy_id,) = created.volume_ids
+    assert show_volume(evs, copy_id).bootable == "false"
+    # The backup's data is needed until the copy is filled at its first attach: deleting it is refused.
+    exc = expect_error(
+        lambda: cbr.delete_backup(DeleteBackupRequest(backup_id=vbk.id)), 400, "BackupService.0001"
+    )
+    assert copy_id in exc.error_msg
+    assert wait_job(ecs, attach(ecs, server_id, copy_id).job_id).status == "SUCCESS"
+    copy_file = state / "volumes" / f"{copy_id}.qcow2"
+    assert holds_pattern(copy_file, 0x66)
+    assert image_info(copy_file, fmt="qcow2").virtual_size == 2 * GIB
+    assert not list((state / "backups").iterdir())  # the download was staged and removed
+    cbr.delete_backup(DeleteBackupRequest(backup_id=vbk.id))
+    assert wait_backup(cbr, vbk.id, None) is None
+
+    # From the server backup's root disk: bootable, the root disk's data.
+    root_size = root_bk.resource_size
+    created = create_volume(evs, name="root-copy", size=root_size, backup_id=root_bk.id)
+    assert wait_evs_job(evs, created.job_id).status == "SUCCESS"
+    (root_copy,) = created.volume_ids
+    assert show_volume(evs, root_copy).bootable == "true"
+    assert wait_job(ecs, attach(ecs, server_id, root_copy).job_id).status == "SUCCESS"
+    root_file = state / "instances" / server_id / "root.qcow2"
+    assert same_data(root_file, state / "volumes" / f"{root_copy}.qcow2")
