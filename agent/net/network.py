@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from agent.errors import NetworkError
-from agent.net import links, names, overlay, proc, router, rules
+from agent.net import host_checks, links, names, overlay, proc, router, rules
 from agent.net.dhcp import DhcpHost, Dnsmasq
 from agent.net.firewall import Firewall
 from agent.net.ports import BoundPort
@@ -52,8 +52,6 @@ REQUIRED_TOOLS = (
     "nsenter",
     "sysctl",
 )
-BR_NETFILTER = Path("/proc/sys/net/bridge")
-BR_NF_KNOBS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
@@ -92,13 +90,7 @@ class HostNetwork:
         if self.underlay_ip is not None:
             proc.which("nft")
             overlay.check_local_address(self.underlay_ip)
-        if not (BR_NETFILTER / BR_NF_KNOBS[0]).exists():
-            try:
-                proc.run(["modprobe", "br_netfilter"])
-            except NetworkError as exc:
-                log.warning("modprobe br_netfilter failed: %s", exc.message)
-        for knob in BR_NF_KNOBS:
-            _ensure_sysctl_on(BR_NETFILTER / knob)
+        host_checks.ensure_bridge_filtering()
         self._checked = True
 
     def ensure_network(self, spec: NetworkSpec) -> None:
@@ -327,24 +319,6 @@ class HostNetwork:
         links.set_master(host, vxlan, bridge)
         peers = set(spec.overlay.peers) - {self.underlay_ip}
         links.sync_flood_peers(host, vxlan, peers)
-
-
-def _ensure_sysctl_on(knob: Path) -> None:
-    """A br_netfilter switch at 1; without it bridged traffic would bypass the security groups."""
-    if not knob.exists():
-        raise NetworkError(
-            f"br_netfilter is not loaded (no {knob}): bridged traffic would bypass security groups; "
-            "load it with `modprobe br_netfilter`"
-        )
-    if knob.read_text().strip() == "1":
-        return
-    try:
-        knob.write_text("1\n")
-    except OSError as exc:
-        raise NetworkError(f"cannot set {knob} to 1: {exc}") from exc
-    if knob.read_text().strip() != "1":
-        raise NetworkError(f"{knob} does not stay at 1")
-    log.info("set %s to 1", knob)
 
 
 def _router_sysctls(holder: Router) -> None:

@@ -241,7 +241,7 @@ def host_candidates(session: Session, hosts: Sequence[Any]) -> list[HostCandidat
     """Hosts with what the servers that claim them use (flavor vCPUs and RAM, root disk size).
 
     `hosts` are Host objects or rows of `_CANDIDATE_COLUMNS`."""
-    usage = session.connection().execute(
+    stmt = (
         select(
             Server.host_id,
             func.count(col(Server.id)),
@@ -252,7 +252,8 @@ def host_candidates(session: Session, hosts: Sequence[Any]) -> list[HostCandidat
         .join(Flavor, col(Flavor.id) == col(Server.flavor_id))
         .where(col(Server.host_id).is_not(None), Server.status != DELETED)
         .group_by(col(Server.host_id))
-    ).all()
+    )
+    usage = session.connection().execute(stmt).all()
     used = {row[0]: row[1:] for row in usage}
     now = utcnow()
     candidates = []
@@ -320,12 +321,17 @@ def build_server_spec(session: Session, server: Server, settings: Settings) -> S
     )
 
 
-def push_security_groups(ctx: ControllerContext, group_ids: Iterable[str]) -> None:
+def push_security_groups(
+    ctx: ControllerContext, group_ids: Iterable[str], *, members_only: bool = False
+) -> None:
     """Send the current rules and members of these groups to every host with a server they filter.
 
     Call it after a group's membership (a server came or went) or rules changed. Groups whose rules name a
-    changed group as their remote group are sent too, since their member lists feed those rules. Best effort:
-    an agent that misses it is logged, and the reconciler repairs it.
+    changed group as their remote group are sent too, since their member lists feed those rules. With
+    `members_only` (only membership changed) only those referring groups are sent: the changed groups' own
+    rules are as every host has them, so a group no rule names costs no push at all (at scale, a push per
+    create to every host holding a member is quadratic). Best effort: an agent that misses it is logged, and
+    the reconciler repairs it.
     """
     changed = set(group_ids)
     if not changed:
@@ -336,7 +342,9 @@ def push_security_groups(ctx: ControllerContext, group_ids: Iterable[str]) -> No
                 col(SecurityGroupRule.remote_group_id).in_(changed)
             )
         ).all()
-        affected = changed | set(referring)
+        affected = set(referring) if members_only else changed | set(referring)
+        if not affected:
+            return
         placed = session.exec(
             select(Server.host_id, Server.security_group_ids).where(
                 col(Server.host_id).is_not(None), Server.status != DELETED

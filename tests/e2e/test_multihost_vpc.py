@@ -144,9 +144,14 @@ class Guest:
         )
         assert done.stdout.strip() == "ok", done
 
-    def send(self, ip: str, port: int, text: str) -> int:
-        """Exit status of `echo text | nc` to ip:port from inside the guest."""
-        done = self.run(f"echo {text} | nc -w 5 {ip} {port}; echo rc=$?")
+    def send(self, ip: str, port: int, text: str, tries: int = 3) -> int:
+        """Exit status of `echo text | nc` to ip:port from inside the guest, after up to `tries` attempts (the
+        first contact between two freshly booted TCG guests is sometimes slower than nc's connect timeout)."""
+        attempt = f"echo {text} | nc -w 5 {ip} {port}"
+        loop = (
+            f"rc=1; for i in $(seq {tries}); do {attempt} && {{ rc=0; break; }}; sleep 2; done; echo rc=$rc"
+        )
+        done = self.run(loop)
         return int(done.stdout.strip().rpartition("rc=")[2])
 
     def received(self, port: int) -> str:

@@ -271,6 +271,6 @@ def _land(session: Session, server_id: str, task: str, values: dict[str, Any]) -
 
 def _push_groups(jctx: JobContext, server: Server) -> None:
     try:
-        push_security_groups(jctx.ctx, server.security_group_ids)
+        push_security_groups(jctx.ctx, server.security_group_ids, members_only=True)
     except Exception:  # the server's own state is settled; the reconciler repairs a missed push
         log.exception("server %s: pushing its security groups failed", server.id)

@@ -17,7 +17,9 @@ def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
-def arp_frame(*, eth_src: str, eth_dst: str, op: int, sender_mac: str, sender_ip: str, target_ip: str) -> bytes:
+def arp_frame(
+    *, eth_src: str, eth_dst: str, op: int, sender_mac: str, sender_ip: str, target_ip: str
+) -> bytes:
     target_mac = "00:00:00:00:00:00" if op == REQUEST else eth_dst
     return (
         _mac(eth_dst)

@@ -168,7 +168,13 @@ def test_spoofed_source_addresses_are_dropped(sandbox: Sandbox) -> None:
     sandbox.sh(g1.ns, "ip", "link", "set", "eth0", "address", g1.port.mac)
     assert sandbox.probe(g1.ns, g2.port.ip, APP_PORT) == "ok"
 
-    # Both anti-spoofing rules counted the dropped SYNs.
+    # Two layers: the nft table (`antispoof`) drops these frames first; without it, iptables still does, and
+    # both of its anti-spoofing rules count the dropped SYNs.
+    sandbox.sh(sandbox.host, "nft", "delete", "table", "bridge", "lc-antispoof")
+    assert sandbox.probe(g1.ns, g2.port.ip, APP_PORT, source="10.20.1.99") == "timeout"
+    sandbox.sh(g1.ns, "ip", "link", "set", "eth0", "address", "fa:16:3e:00:00:99")
+    assert sandbox.probe(g1.ns, g2.port.ip, APP_PORT) == "timeout"
+    sandbox.sh(g1.ns, "ip", "link", "set", "eth0", "address", g1.port.mac)
     saved = sandbox.sh(sandbox.host, "iptables-save", "-c", "-t", "filter").splitlines()
     chain = egress_chain(g1.port.id)
     for rule in (
@@ -205,8 +211,10 @@ def test_bridged_ipv6_between_guests_is_dropped(sandbox: Sandbox) -> None:
     assert sandbox.probe(g2.ns, g1.port.ip, APP_PORT) == "ok"  # IPv4 within the group works
     assert sandbox.probe(g2.ns, "fd00:20::1", APP_PORT) == "timeout"  # IPv6 would bypass the groups
 
-    # Control: without our ip6tables rules the same IPv6 path is open, and a re-sync closes it again.
+    # Control: without our ip6tables rules and the nft anti-spoofing table (which admits IPv4 and ARP only), the
+    # same IPv6 path is open, and a re-sync closes it again.
     sandbox.sh(sandbox.host, "ip6tables", "-F", "lc-FORWARD")
+    sandbox.sh(sandbox.host, "nft", "delete", "table", "bridge", "lc-antispoof")
     sandbox.sh(g2.ns, "ip", "-6", "neigh", "flush", "dev", "eth0")  # forget the failed neighbour discovery
     assert sandbox.probe(g2.ns, "fd00:20::1", APP_PORT) == "ok"
     _sync(sandbox, [g1, g2], groups)
