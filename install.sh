@@ -20,7 +20,7 @@ readonly IMAGE_CACHE="${LABCLOUD_IMAGE_CACHE:-/var/cache/labcloud/images}"
 readonly LOG="${LABCLOUD_INSTALL_LOG:-$REPO/build/install.log}"
 readonly APT_PACKAGES=(
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config dnsmasq-base dnsmasq-utils
-    iptables ipset nftables genisoimage syslinux syslinux-common mtools dosfstools fdisk kmod cpio iproute2
+    iptables ipset nftables conntrack genisoimage syslinux syslinux-common mtools dosfstools fdisk kmod cpio iproute2
     openssh-client e2fsprogs python3-venv python3-dev gcc busybox procps util-linux libxml2-utils
 )
 # Only for --for-tests: the test suite starts its own PostgreSQL cluster from these binaries.

@@ -24,7 +24,9 @@ from agent.schemas import (
     AgentError,
     ConsoleOutput,
     DiskExport,
+    ExternalSpec,
     HostInfo,
+    NetworkSpec,
     OverlaySpec,
     RebuildRequest,
     SecurityGroupSpec,
@@ -246,6 +248,22 @@ def put_security_groups(groups: list[SecurityGroupSpec], service: Service) -> Re
 def put_overlay(vpc_id: VolumeId, spec: OverlaySpec, service: Service) -> Response:
     """The VPC's VXLAN peers and remote ports; a host without that VPC has nothing to update (still 204)."""
     service.set_overlay(vpc_id, spec)
+    return Response(status_code=204)
+
+
+@router.put("/v1/external", status_code=204)
+def put_external(spec: ExternalSpec, service: Service) -> Response:
+    """EIPs bound to this host's ports and the shared-SNAT VPCs; a host without an external network ignores it."""
+    service.set_external(spec)
+    return Response(status_code=204)
+
+
+@router.put("/v1/networks/{vpc_id}", status_code=204)
+def put_network(vpc_id: VolumeId, spec: NetworkSpec, service: Service) -> Response:
+    """The VPC's current subnets (a subnet update); a host without that VPC has nothing to update (still 204)."""
+    if spec.vpc_id != vpc_id:
+        raise InvalidRequest(f"the body describes VPC {spec.vpc_id}, the path {vpc_id}")
+    service.update_network(spec)
     return Response(status_code=204)
 
 

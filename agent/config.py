@@ -55,6 +55,12 @@ class AgentSettings(BaseSettings):
     # This host's VTEP address for VPC overlays (VXLAN); unset: the address it reaches the controller from,
     # unless that is loopback (all-in-one: no overlay).
     underlay_ip: str | None = None
+    # The external network (EIPs, shared SNAT): a device of this namespace on the external segment (it gets a
+    # macvlan child in the host's external namespace), this host's address there (CIDR) and the gateway.
+    # Unset: no external network on this host.
+    external_dev: str | None = None
+    external_ip: str | None = None
+    external_gateway: str | None = None
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     # How long a soft stop or soft reboot waits for the guest to react to the ACPI button before forcing it.
     acpi_timeout_seconds: float = Field(default=60.0, gt=0)

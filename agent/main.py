@@ -111,7 +111,8 @@ class Heartbeat:
 
 
 def _start_housekeeping(agent: AgentService, every: float = 30.0) -> threading.Event:
-    """Periodic host chores: for now, removing networks that stayed without ports past their grace time."""
+    """Periodic host chores: removing networks that stayed without ports past their grace time, and putting back
+    firewall state (iptables chains, ipsets, the anti-spoofing table) that someone changed behind our back."""
     stop = threading.Event()
 
     def loop() -> None:
@@ -120,6 +121,10 @@ def _start_housekeeping(agent: AgentService, every: float = 30.0) -> threading.E
                 agent.collect_idle_networks()
             except Exception:
                 log.exception("collecting idle networks failed")
+            try:
+                agent.repair_firewall()  # chains, rules, ipsets changed behind our back: within 2 ticks
+            except Exception:
+                log.exception("repairing the firewall failed")
 
     threading.Thread(target=loop, name="agent-housekeeping", daemon=True).start()
     return stop

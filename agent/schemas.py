@@ -52,6 +52,25 @@ class NetworkSpec(BaseModel):
     overlay: OverlaySpec = Field(default_factory=OverlaySpec)
 
 
+class FloatingIpSpec(BaseModel):
+    """An EIP bound to a port of a server on this host: 1:1 NAT between `eip` and `fixed_ip` in the VPC's router."""
+
+    eip: str
+    port_id: str
+    vpc_id: str
+    fixed_ip: str
+
+
+class ExternalSpec(BaseModel):
+    """What one host does for the external network (`PUT /v1/external`): the EIPs bound to its ports, and the
+    VPCs whose servers without an EIP reach the external network through shared SNAT. `version` is the
+    controller's clock (ns) when it was computed: a host keeps the newest one it was given."""
+
+    version: int = 0
+    floating_ips: list[FloatingIpSpec] = Field(default_factory=list)
+    snat_vpcs: list[str] = Field(default_factory=list)
+
+
 class RuleSpec(BaseModel):
     id: str
     direction: Literal["ingress", "egress"]

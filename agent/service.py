@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from agent.backups import BackupAgent
 from agent.config import AgentSettings
 from agent.errors import AgentFailure, Conflict, NetworkError, NotFound, StorageError, VirtError
+from agent.net.external import ExternalConfig
 from agent.net.names import bridge_name, tap_name
 from agent.net.network import HostNetwork, Network, NullNetwork
 from agent.net.overlay import resolve_underlay
@@ -38,7 +39,9 @@ from agent.net.ports import BoundPort
 from agent.reshape import Reshaper
 from agent.schemas import (
     DiskExport,
+    ExternalSpec,
     HostInfo,
+    NetworkSpec,
     OverlaySpec,
     PortSpec,
     SecurityGroupSpec,
@@ -230,7 +233,13 @@ class AgentService:
         state.mkdir(parents=True, exist_ok=True)
         accelerator = detect_accelerator(settings.accelerator, cache_file=state / "accelerator.json")
         network: Network = (
-            HostNetwork(state, underlay_ip=resolve_underlay(settings.underlay_ip, settings.controller_url))
+            HostNetwork(
+                state,
+                underlay_ip=resolve_underlay(settings.underlay_ip, settings.controller_url),
+                external=ExternalConfig.from_settings(
+                    settings.external_dev, settings.external_ip, settings.external_gateway
+                ),
+            )
             if settings.network_driver == "linux"
             else NullNetwork()
         )
@@ -673,6 +682,12 @@ class AgentService:
             }
         return deleted
 
+    def repair_firewall(self) -> None:
+        """Apply the firewall, ipsets and DHCP hosts of every stored port again (housekeeping): the kernel is
+        compared with the rendered state, so this writes nothing unless something changed behind our back."""
+        with self._sync_lock:
+            self._sync_ports()
+
     def server_state(self, server_id: str) -> ServerState:
         check_server_id(server_id)
         return self._state(server_id)
@@ -741,6 +756,36 @@ class AgentService:
         """New VXLAN peers and remote ports of a VPC (a controller push); False if this host lacks the VPC."""
         with self._sync_lock:
             return self._network.set_overlay(vpc_id, spec)
+
+    def update_network(self, network: NetworkSpec) -> bool:
+        """A VPC's changed subnets (DNS servers, DHCP on or off, gateways) pushed by the controller.
+
+        The stored specs that use the VPC get the new network first, so a restart rebuilds what was pushed
+        rather than what the servers were created with; then the host's bridge, router and dnsmasq are made to
+        match, and the DHCP hosts follow. False if this host has no network for the VPC (nothing to change).
+        """
+        changed = 0
+        for spec in self._specs.all():
+            with self._server_lock(spec.id):
+                current = self._specs.get(spec.id)  # re-read under the lock: it may have changed or gone
+                if current is None:
+                    continue
+                updated = _with_network(current, network)
+                if updated != current:
+                    self._specs.put(updated)
+                    changed += 1
+        with self._sync_lock:
+            if network.vpc_id not in self._network.network_ids():
+                return False
+            self._network.ensure_network(network)
+            self._sync_ports()
+        log.info("vpc %s: network updated (%d server specs)", network.vpc_id, changed)
+        return True
+
+    def set_external(self, spec: ExternalSpec) -> bool:
+        """EIP bindings and shared-SNAT VPCs of this host (a controller push); False if not applied."""
+        with self._sync_lock:
+            return self._network.set_external(spec)
 
     def update_security_groups(self, groups: list[SecurityGroupSpec]) -> None:
         """Replace these groups in every stored spec that uses them, then re-apply the firewall."""
@@ -870,6 +915,17 @@ def _volume_key(volume_id: str) -> str:
 
 def _nic_names(port: PortSpec) -> tuple[str, str]:
     return bridge_name(port.vpc_id), tap_name(port.id)
+
+
+def _with_network(spec: ServerSpec, network: NetworkSpec) -> ServerSpec:
+    """`spec` with `network` in place of its copy of that VPC, keeping whichever overlay view is newer."""
+    networks = []
+    for net in spec.networks:
+        if net.vpc_id == network.vpc_id:
+            overlay = max(net.overlay, network.overlay, key=lambda view: view.version)
+            net = network.model_copy(update={"overlay": overlay})
+        networks.append(net)
+    return spec.model_copy(update={"networks": networks})
 
 
 def _with_groups(spec: ServerSpec, groups: dict[str, SecurityGroupSpec]) -> ServerSpec:

@@ -171,7 +171,7 @@ def backup_labcloud(cbr: CbrClient, vault_id: str) -> tuple[float, str]:
     elapsed = time.perf_counter() - started
     (backup,) = cbr.list_backups(ListBackupsRequest(checkpoint_id=checkpoint_id)).backups
     if backup.status != "available":
-        raise RuntimeError(f"backup {backup.id} is {backup.status}: {backup.fail_reason}")
+        raise RuntimeError(f"backup {backup.id} is {backup.status}; see its operation log")
     return elapsed, str(backup.id)
 
 

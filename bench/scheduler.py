@@ -29,8 +29,6 @@ import queue
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,21 +44,14 @@ from huaweicloudsdkecs.v2 import (
     PostPaidServer,
     PostPaidServerNic,
     PostPaidServerRootVolume,
+    PostPaidServerSecurityGroup,
     ShowJobRequest,
-)
-from huaweicloudsdkvpc.v2 import (
-    CreateSubnetOption,
-    CreateSubnetRequest,
-    CreateSubnetRequestBody,
-    CreateVpcOption,
-    CreateVpcRequest,
-    CreateVpcRequestBody,
 )
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from agent.sim import SimCapacity
-from bench.support import Controller, make_seed_image, start_controller
+from bench.support import Controller, make_seed_image, open_network, start_controller, start_fleet
 from controller.config import Settings
 from controller.main import build_context
 from controller.models.common import utcnow
@@ -278,33 +269,12 @@ class FreshHeartbeats:
 # --- through the API ---
 
 
-def _network(controller: Controller, servers: int) -> tuple[str, str]:
-    vpc = controller.vpc()
-    vpc_id = vpc.create_vpc(
-        CreateVpcRequest(body=CreateVpcRequestBody(vpc=CreateVpcOption(name="bench", cidr="10.64.0.0/12")))
-    ).vpc.id
-    prefix = max(8, min(24, 32 - (servers + 16).bit_length()))
-    subnet = vpc.create_subnet(
-        CreateSubnetRequest(
-            body=CreateSubnetRequestBody(
-                subnet=CreateSubnetOption(
-                    name="bench",
-                    cidr=f"10.64.0.0/{prefix}",
-                    gateway_ip="10.64.0.1",
-                    vpc_id=vpc_id,
-                )
-            )
-        )
-    ).subnet
-    return vpc_id, subnet.id
-
-
 def bench_api(controller: Controller, count: int, seed: int, policy: SchedulerPolicy) -> dict[str, Any]:
     from controller.models.image import Image
 
     with Session(controller.ctx.engine) as session:
         image_id = session.exec(select(Image.id).where(col(Image.owner).is_(None))).one()
-    vpc_id, subnet_id = _network(controller, count)
+    vpc_id, subnet_id, group_id = open_network(controller, count)
     rng = random.Random(seed)
     small = [f for f in DEFAULT_FLAVORS if f[2] <= 1024]  # the API part shows placement, not packing
     batches = [min(PER_REQUEST, count - i) for i in range(0, count, PER_REQUEST)]
@@ -318,6 +288,7 @@ def bench_api(controller: Controller, count: int, seed: int, policy: SchedulerPo
             vpcid=vpc_id,
             nics=[PostPaidServerNic(subnet_id=subnet_id)],
             root_volume=PostPaidServerRootVolume(volumetype="SSD", size=10),
+            security_groups=[PostPaidServerSecurityGroup(id=group_id)],
             count=size,
         )
         answer = controller.ecs().create_post_paid_servers(
@@ -373,44 +344,6 @@ def bench_api(controller: Controller, count: int, seed: int, policy: SchedulerPo
     }
 
 
-def start_fleet(
-    controller: Controller, root: Path, hosts: int, heartbeat_seconds: float
-) -> subprocess.Popen[bytes]:
-    """The simulated hosts in a process of their own (`python -m agent.sim`), so their agent work does not share
-    the controller's interpreter; returns once every host has registered."""
-    root.mkdir(parents=True)
-    (root / "join-token").write_text(controller.ctx.join_token)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [sys.executable, "-m", "agent.sim", "--controller", controller.url]
-    argv += [
-        "--join-token-file",
-        str(root / "join-token"),
-        "--root",
-        str(root / "hosts"),
-        "--hosts",
-        str(hosts),
-    ]
-    argv += ["--vcpus", str(CAPACITY.vcpus), "--memory-mib", str(CAPACITY.memory_mib)]
-    argv += ["--disk-gib", str(CAPACITY.disk_gib), "--heartbeat-seconds", str(heartbeat_seconds)]
-    argv += ["--port", str(port)]
-    with (root / "fleet.log").open("wb") as log_file:
-        fleet = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
-    while True:
-        with Session(controller.ctx.engine) as session:
-            registered = int(session.exec(select(func.count()).select_from(Host)).one())
-        if registered >= hosts:
-            return fleet
-        if fleet.poll() is not None or time.monotonic() > deadline:
-            fleet.kill()
-            raise RuntimeError(
-                f"the simulated fleet did not register: {(root / 'fleet.log').read_text()[-2000:]}"
-            )
-        time.sleep(0.2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -440,7 +373,7 @@ def main() -> None:
         policy = SchedulerPolicy(host_dead_seconds=controller.ctx.settings.host_dead_seconds)
         try:
             t0 = time.perf_counter()
-            fleet = start_fleet(controller, workdir / "fleet", args.hosts, args.heartbeat_seconds)
+            fleet = start_fleet(controller, workdir / "fleet", args.hosts, CAPACITY, args.heartbeat_seconds)
             registered = time.perf_counter() - t0
             print(f"{args.hosts} simulated hosts registered in {registered:.1f} s", file=sys.stderr)
             try:

@@ -10,6 +10,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,11 +22,30 @@ import uvicorn
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkecs.v2 import EcsClient
-from huaweicloudsdkvpc.v2 import VpcClient
+from huaweicloudsdkvpc.v2 import (
+    CreateSecurityGroupOption,
+    CreateSecurityGroupRequest,
+    CreateSecurityGroupRequestBody,
+    CreateSecurityGroupRuleOption,
+    CreateSecurityGroupRuleRequest,
+    CreateSecurityGroupRuleRequestBody,
+    CreateSubnetOption,
+    CreateSubnetRequest,
+    CreateSubnetRequestBody,
+    CreateVpcOption,
+    CreateVpcRequest,
+    CreateVpcRequestBody,
+    DeleteSecurityGroupRuleRequest,
+    VpcClient,
+)
+from sqlalchemy import func
+from sqlmodel import Session, select
 
+from agent.sim import SimCapacity
 from controller.config import Settings
 from controller.context import ControllerContext
 from controller.main import create_app
+from controller.models.host import Host
 
 STARTUP_TIMEOUT_S = 120.0
 
@@ -136,3 +156,75 @@ def percentile(values: list[float], pct: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def start_fleet(
+    controller: Controller, root: Path, hosts: int, capacity: SimCapacity, heartbeat_seconds: float
+) -> subprocess.Popen[bytes]:
+    """The simulated hosts in a process of their own (`python -m agent.sim`), so their agent work does not share
+    the controller's interpreter; returns once every host has registered."""
+    root.mkdir(parents=True)
+    (root / "join-token").write_text(controller.ctx.join_token)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "agent.sim", "--controller", controller.url]
+    argv += [
+        "--join-token-file",
+        str(root / "join-token"),
+        "--root",
+        str(root / "hosts"),
+        "--hosts",
+        str(hosts),
+    ]
+    argv += ["--vcpus", str(capacity.vcpus), "--memory-mib", str(capacity.memory_mib)]
+    argv += ["--disk-gib", str(capacity.disk_gib), "--heartbeat-seconds", str(heartbeat_seconds)]
+    argv += ["--port", str(port)]
+    with (root / "fleet.log").open("wb") as log_file:
+        fleet = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while True:
+        with Session(controller.ctx.engine) as session:
+            registered = int(session.exec(select(func.count()).select_from(Host)).one())
+        if registered >= hosts:
+            return fleet
+        if fleet.poll() is not None or time.monotonic() > deadline:
+            fleet.kill()
+            raise RuntimeError(
+                f"the simulated fleet did not register: {(root / 'fleet.log').read_text()[-2000:]}"
+            )
+        time.sleep(0.2)
+
+
+def open_network(controller: Controller, servers: int) -> tuple[str, str, str]:
+    """A VPC, a subnet with room for every server, and a security group that no rule names as its remote group
+    (SSH from anywhere, like the CLI's `labcloud-ssh`), so a create pushes no group update to other hosts."""
+    vpc = controller.vpc()
+    vpc_id = vpc.create_vpc(
+        CreateVpcRequest(body=CreateVpcRequestBody(vpc=CreateVpcOption(name="bench", cidr="10.64.0.0/12")))
+    ).vpc.id
+    prefix = max(8, min(24, 32 - (servers + 16).bit_length()))
+    option = CreateSubnetOption(
+        name="bench", cidr=f"10.64.0.0/{prefix}", gateway_ip="10.64.0.1", vpc_id=vpc_id
+    )
+    subnet = vpc.create_subnet(CreateSubnetRequest(body=CreateSubnetRequestBody(subnet=option))).subnet
+    group = vpc.create_security_group(
+        CreateSecurityGroupRequest(
+            body=CreateSecurityGroupRequestBody(security_group=CreateSecurityGroupOption(name="bench"))
+        )
+    ).security_group
+    for rule in group.security_group_rules:
+        if rule.remote_group_id:
+            vpc.delete_security_group_rule(DeleteSecurityGroupRuleRequest(security_group_rule_id=rule.id))
+    ssh = CreateSecurityGroupRuleOption(
+        security_group_id=group.id,
+        direction="ingress",
+        protocol="tcp",
+        port_range_min=22,
+        port_range_max=22,
+        remote_ip_prefix="0.0.0.0/0",
+    )
+    vpc.create_security_group_rule(
+        CreateSecurityGroupRuleRequest(body=CreateSecurityGroupRuleRequestBody(security_group_rule=ssh))
+    )
+    return vpc_id, subnet.id, group.id

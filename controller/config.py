@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     quota_key_pairs: int = 100
     quota_volumes: int = 50  # EVS volumes
     quota_gigabytes: int = 5000  # EVS GiB over all volumes
+    quota_eips: int = 10  # EIP v1 publicips
+    # The external network EIPs come from: its CIDR, the pool in it ("first-last" or a CIDR; default: the
+    # whole CIDR but the network, broadcast and gateway addresses) and its gateway. Unset: no EIPs.
+    external_cidr: str | None = None
+    external_pool: str | None = None
+    external_gateway: str | None = None
     client_token_hours: float = 8.0  # how long a create's X-Client-Token replays the same answer
     # Requests per second per access key (token bucket; 0 turns limiting off) and the burst a bucket holds.
     # Generous: a limit against runaway scripts, far above what tests and the console send.

@@ -18,6 +18,7 @@ from controller import bootstrap
 from controller.api import (
     admin,
     cbr,
+    eips,
     flavors,
     images,
     internal,
@@ -70,6 +71,7 @@ ROUTERS = [
     vpcs,
     subnets,
     security_groups,
+    eips,
     images,
     zones,
 ]

@@ -14,9 +14,9 @@ before the bridge forwards or learns it:
 
 Why nftables rather than ebtables: `ebtables-restore` replaces whole tables that other software on the host may
 share, while a table of our own is replaced in one `nft -f` transaction and deleted alone (the VPC overlay filter
-in `overlay` works the same way). The table is rendered exactly as `nft list table` prints it, so the kernel's
-listing is the oracle: equal text means nothing to do, and anything changed behind our back shows up as a
-difference and is rewritten on the next sync.
+in `overlay` works the same way). The table is rendered exactly as `nft list table` prints it,
+so the kernel's listing is the oracle (verdict map elements sorted, see `canonical`): equal text means nothing
+to do, and anything changed behind our back shows up as a difference and is rewritten on the next sync.
 """
 
 from __future__ import annotations
@@ -84,6 +84,18 @@ def render_replace(table: str) -> str:
     return "\n".join(lines) + "\n" + table
 
 
+def canonical(listing: str) -> str:
+    """The listing with every verdict map's elements sorted: nft prints a large map in its hash order."""
+    out = []
+    for line in listing.splitlines():
+        head, sep, rest = line.partition("vmap { ")
+        if sep and rest.endswith(" }"):
+            elements = sorted(rest[: -len(" }")].split(", "))
+            line = f"{head}{sep}{', '.join(elements)} }}"
+        out.append(line)
+    return "\n".join(out) + ("\n" if listing.endswith("\n") else "")
+
+
 def read_table() -> str:
     """Our table as the kernel lists it; "" if it does not exist."""
     listed = proc.run(["nft", "list", "tables", FAMILY])
@@ -95,11 +107,11 @@ def read_table() -> str:
 def sync(desired: str) -> bool:
     """Make the kernel's table exactly `desired`; False if it already was."""
     current = read_table()
-    if current == desired:
+    if canonical(current) == desired:
         return False
     proc.run(["nft", "-f", "-"], stdin=render_replace(desired))
     after = read_table()
-    if after != desired:
+    if canonical(after) != desired:
         # A rule rendered differently from nft's own spelling would be rewritten on every sync: say so.
         log.warning("nft table %s reads back differently from what was rendered:\n%s", TABLE, after)
     return True

@@ -7,21 +7,33 @@ Unchanged state is detected by comparing with `iptables-save` / `ipset save`, so
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
+from agent.errors import NetworkError
 from agent.net import antispoof, proc, rules
 from agent.net.rules import FilterState, Ruleset
 
 log = logging.getLogger(__name__)
 
 Chains = Mapping[str, tuple[str, ...]]
+KERNEL_READ_EVERY_S = 20.0
 
 
 class _Table:
-    """The filter table of one IP family, read with *-save and written with *-restore."""
+    """The filter table of one IP family, read with *-save and written with *-restore.
+
+    Reading is what costs (iptables-save of 20,000 rules takes about a second), writing only the changed chains
+    is cheap. So the table remembers what it last wrote and trusts that for `KERNEL_READ_EVERY_S`; after that
+    the next sync reads the kernel again, compares everything and rewrites whatever drifted. The agent's
+    housekeeping syncs every 30 s, so a change made behind our back is repaired within a minute.
+    """
 
     def __init__(self, tool: str) -> None:
         self.tool = tool  # iptables or ip6tables
+        self._known: FilterState | None = None  # what the kernel holds, as of `_known_at`
+        self._known_at = 0.0
+        self._verified = False  # the kernel was read back once after a write (spelling check)
 
     def read(self) -> FilterState:
         return rules.parse_iptables_save(proc.run([f"{self.tool}-save", "-t", "filter"]))
@@ -33,20 +45,43 @@ class _Table:
 
     def sync(self, desired: Chains) -> bool:
         """Make our chains exactly `desired`; False if they already were."""
-        current = self.read()
+        fresh = self._known is None or time.monotonic() - self._known_at > KERNEL_READ_EVERY_S
+        current = self.read() if fresh or self._known is None else self._known
+        if fresh:
+            self._remember(current, read=True)
         if current.chains == desired and current.jump_in_place:
             return False
-        self.write(desired, current)
-        # A rule rendered differently from iptables-save's spelling would be rewritten on every sync: say so.
+        try:
+            self.write(desired, current)
+        except NetworkError:
+            if fresh:
+                raise
+            # What we remembered was wrong (someone deleted a chain we meant to keep): start from the kernel.
+            current = self.read()
+            self.write(desired, current)
+        self._remember(FilterState(chains=dict(desired), forward=(rules.FORWARD_JUMP,) if desired else ()))
+        if not self._verified:
+            self._check_read_back(desired)
+        return True
+
+    def _remember(self, state: FilterState, *, read: bool = False) -> None:
+        """Keep `state` as the kernel's; only a kernel read restarts the clock (writes do not)."""
+        self._known = state
+        if read:
+            self._known_at = time.monotonic()
+
+    def _check_read_back(self, desired: Chains) -> None:
+        """A rule rendered differently from iptables-save's spelling would be rewritten on every sync: say so."""
+        self._verified = True
         after = self.read()
         for chain in sorted(set(desired) | set(after.chains)):
             if desired.get(chain) != after.chains.get(chain):
                 log.warning("%s chain %s reads back as %s", self.tool, chain, after.chains.get(chain))
         if not after.jump_in_place:
             log.warning("%s FORWARD jump not in place after restore: %s", self.tool, after.forward)
-        return True
 
     def clear(self) -> int:
+        self._known = None
         current = self.read()
         if current.chains or current.jumps:
             self.write({}, current)

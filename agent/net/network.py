@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from agent.errors import NetworkError
-from agent.net import host_checks, links, names, overlay, proc, router, rules
+from agent.net import host_checks, links, names, overlay, proc, router, rules, taps
 from agent.net.dhcp import DhcpHost, Dnsmasq
+from agent.net.external import ExternalConfig, ExternalNetwork
 from agent.net.firewall import Firewall
 from agent.net.ports import BoundPort
 from agent.net.router import Router
 from agent.net.state import NetworkRecord, NetworkStore
-from agent.schemas import NetworkSpec, OverlaySpec, SecurityGroupSpec
+from agent.schemas import ExternalSpec, NetworkSpec, OverlaySpec, SecurityGroupSpec
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -64,18 +65,23 @@ class Network(Protocol):
     def network_ids(self) -> list[str]: ...
     def set_overlay(self, vpc_id: str, spec: OverlaySpec) -> bool: ...
     def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None: ...
+    def set_external(self, spec: ExternalSpec) -> bool: ...
     def teardown_all(self) -> None: ...
 
 
 class HostNetwork:
     """Real networking in the namespace the agent runs in, with its records under `state_dir/net`."""
 
-    def __init__(self, state_dir: Path, underlay_ip: str | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, underlay_ip: str | None = None, external: ExternalConfig | None = None
+    ) -> None:
         self._store = NetworkStore(Path(state_dir).resolve() / "net")
         # This host's VTEP address; None for a single host (no VXLAN devices at all).
         self.underlay_ip = underlay_ip
         # Marks our router holders apart from those of other agents on this machine.
         self._owner = str(self._store.root)
+        # EIPs and shared SNAT (`external`); None: this host has no external network.
+        self._external = ExternalNetwork(self._store.root, self._owner, external) if external else None
         self._firewall = Firewall()
         self._lock = threading.RLock()
         self._checked = False
@@ -90,6 +96,8 @@ class HostNetwork:
         if self.underlay_ip is not None:
             proc.which("nft")
             overlay.check_local_address(self.underlay_ip)
+        if self._external is not None:
+            self._external.check()
         host_checks.ensure_bridge_filtering()
         self._checked = True
 
@@ -164,6 +172,8 @@ class HostNetwork:
             Dnsmasq(vpc_id, self._store.dhcp_files(vpc_id)).stop()
             if holder is not None:
                 router.stop(holder, vpc_id, self._owner)
+            if self._external is not None:
+                self._external.unplumb_vpc(vpc_id)
             self._store.remove(vpc_id)
             log.info("vpc %s: network deleted", vpc_id)
 
@@ -171,6 +181,21 @@ class HostNetwork:
         """VPCs this host has a record for (ensure_network repairs one whose kernel parts are gone)."""
         with self._lock:
             return self._store.ids()
+
+    def set_external(self, spec: ExternalSpec) -> bool:
+        """EIPs bound to this host's ports and the shared-SNAT VPCs (a controller push); False if this host has
+        no external network or already has a newer push."""
+        if self._external is None:
+            log.warning("external spec version %s ignored: this host has no external network", spec.version)
+            return False
+        self._require_checked()
+        with self._lock:
+            routers = {
+                vpc_id: holder
+                for vpc_id in self._store.ids()
+                if (holder := self._live_router(vpc_id, self._store.load(vpc_id))) is not None
+            }
+            return self._external.set_spec(spec, routers)
 
     def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None:
         """Firewall, ipsets and DHCP hosts of every VPC for exactly these ports; others lose theirs."""
@@ -180,6 +205,7 @@ class HostNetwork:
             specs = {vpc_id: record.spec for vpc_id, record in records.items() if record is not None}
             _validate_ports(ports, specs)
             self._firewall.apply(rules.render_ruleset(ports, groups))
+            taps.reattach(ports)  # a bridge rebuilt behind libvirt's back comes back without its guests' taps
             for vpc_id, record in records.items():
                 if record is None:
                     continue
@@ -227,6 +253,11 @@ class HostNetwork:
                 self._firewall.teardown()
             except NetworkError as exc:
                 failures.append(exc.message)
+            if self._external is not None:
+                try:
+                    self._external.teardown()
+                except NetworkError as exc:
+                    failures.append(exc.message)
             if self.underlay_ip is not None:
                 try:
                     overlay.delete_all_filters()
@@ -289,7 +320,8 @@ class HostNetwork:
             links.sync_addresses(rtr, gw0, gateways)
             links.sync_addresses(rtr, up0, {ipaddress.IPv4Interface(f"{ROUTER_LINK_ADDR}/32")})
             links.sync_addresses(host, uplink, {ipaddress.IPv4Interface(f"{HOST_LINK_ADDR}/32")})
-            links.replace_default_route(rtr, up0, HOST_LINK_ADDR)
+            if self._external is None:  # else the default route is the external leg (`external`)
+                links.replace_default_route(rtr, up0, HOST_LINK_ADDR)
             links.sync_routes(host, uplink, host_routes, ROUTER_LINK_ADDR)
             # The same gateway MAC on every host: the distributed gateway (see `overlay`).
             links.set_mac(rtr, gw0, overlay.gateway_mac(spec.vni))
@@ -297,6 +329,8 @@ class HostNetwork:
             links.sync_neighbours(rtr, gw0, remote)
             if self.underlay_ip is not None:
                 self._plumb_overlay(host, bridge, spec, [gw for _, gw in subnets])
+        if self._external is not None:
+            self._external.plumb_vpc(spec.vpc_id, holder)
 
     def _plumb_overlay(self, host: IPRoute, bridge: int, spec: NetworkSpec, gateways: list[str]) -> None:
         """The VPC's VXLAN port on its bridge, flooding to exactly the peers, and the gateway filter on it."""
@@ -429,6 +463,9 @@ class NullNetwork:
 
     def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None:
         return None
+
+    def set_external(self, spec: ExternalSpec) -> bool:
+        return False
 
     def teardown_all(self) -> None:
         self._networks.clear()

@@ -289,20 +289,25 @@ def parse_iptables_save(text: str) -> FilterState:
 def render_restore(desired: Mapping[str, Sequence[str]], current: FilterState) -> str:
     """`iptables-restore --noflush` input that turns `current` into `desired` in one transaction.
 
-    Declaring a chain flushes (or creates) it, so every chain we own is declared and refilled; chains no
-    longer wanted are emptied the same way, then deleted. Outside our chains only the FORWARD jump is touched:
-    it is moved back to the top if something was inserted before it. An empty `desired` removes everything.
+    Declaring a chain flushes (or creates) it, so every chain that differs is declared and refilled; chains no
+    longer wanted are emptied the same way, then deleted. Chains already as desired are not mentioned at all:
+    with 200 ports, a change touches a few chains and the restore stays small (incremental). Outside our
+    chains only the FORWARD jump is touched: it is moved back to the top if something was inserted before it.
+    An empty `desired` removes everything.
     """
+    changed = {chain for chain in desired if current.chains.get(chain) != tuple(desired[chain])}
+    stale = set(current.chains) - set(desired)
     lines = ["*filter"]
-    lines += [f":{chain} - [0:0]" for chain in sorted(set(desired) | set(current.chains))]
+    lines += [f":{chain} - [0:0]" for chain in sorted(changed | stale)]
     jump_rule = FORWARD_JUMP.removeprefix("-A FORWARD ")
     if not desired or not current.jump_in_place:
         lines += [f"-D FORWARD {jump_rule}"] * current.jumps
         if desired:
             lines.append(f"-I FORWARD 1 {jump_rule}")
     for chain in desired:
-        lines += desired[chain]
-    lines += [f"-X {chain}" for chain in sorted(set(current.chains) - set(desired))]
+        if chain in changed:
+            lines += desired[chain]
+    lines += [f"-X {chain}" for chain in sorted(stale)]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 

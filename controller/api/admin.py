@@ -87,6 +87,7 @@ class QuotaIn(BaseModel):
     key_pairs: int | None = Field(default=None, ge=-1)
     volumes: int | None = Field(default=None, ge=-1)
     gigabytes: int | None = Field(default=None, ge=-1)
+    eips: int | None = Field(default=None, ge=-1)
 
 
 class QuotaBody(BaseModel):

@@ -19,7 +19,12 @@ router = APIRouter()
 def delete(project_id: str, body: DeleteServersIn, caller: ProjectCaller, request: Request) -> dict[str, str]:
     ids = [ref.id for ref in body.servers]
     job_id = servers.delete_servers(
-        request.app.state.ctx, caller.project_id, ids, request_id_var.get(), delete_volume=body.delete_volume
+        request.app.state.ctx,
+        caller.project_id,
+        ids,
+        request_id_var.get(),
+        delete_volume=body.delete_volume,
+        delete_publicip=body.delete_publicip,
     )
     return {"job_id": job_id}
 

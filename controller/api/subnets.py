@@ -12,7 +12,7 @@ from controller.db import session_scope
 from controller.errors import BadRequest
 from controller.models.common import iso_z
 from controller.models.network import Subnet
-from controller.services import networks
+from controller.services import network_push, networks
 
 router = APIRouter()
 
@@ -145,7 +145,9 @@ def update_subnet(
             secondary_dns=opt.secondary_dns,
             dns_list=opt.dns_list,
         )
-        return {"subnet": {"id": subnet.id, "status": subnet.status}}
+        answer = {"subnet": {"id": subnet.id, "status": subnet.status}}
+    network_push.push_network(request.app.state.ctx, vpc_id)  # committed: now the hosts' dnsmasq
+    return answer
 
 
 @router.delete("/v1/{project_id}/vpcs/{vpc_id}/subnets/{subnet_id}", status_code=204)
@@ -154,4 +156,5 @@ def delete_subnet(
 ) -> Response:
     with session_scope(request.app.state.ctx.engine) as session:
         networks.delete_subnet(session, caller.project_id, vpc_id, subnet_id)
+    network_push.push_network(request.app.state.ctx, vpc_id)  # its gateway and DHCP range leave the routers
     return Response(status_code=204)

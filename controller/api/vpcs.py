@@ -12,7 +12,7 @@ from controller.db import session_scope
 from controller.errors import BadRequest
 from controller.models.common import iso_z
 from controller.models.network import Vpc
-from controller.services import networks
+from controller.services import eips, network_push, networks
 
 router = APIRouter()
 
@@ -24,6 +24,7 @@ class VpcCreate(BaseModel):
     cidr: str | None = None
     description: str | None = None
     enterprise_project_id: str | None = None
+    enable_shared_snat: bool | None = None  # labcloud: servers without an EIP reach the outside (default on)
 
 
 class VpcCreateBody(BaseModel):
@@ -35,6 +36,7 @@ class VpcUpdate(BaseModel):
     cidr: str | None = None
     description: str | None = None
     routes: list[dict[str, Any]] | None = None
+    enable_shared_snat: bool | None = None
 
 
 class VpcUpdateBody(BaseModel):
@@ -49,6 +51,7 @@ def vpc_view(vpc: Vpc) -> dict[str, Any]:
         "status": vpc.status,
         "description": vpc.description,
         "routes": [],
+        "enable_shared_snat": vpc.enable_shared_snat,
         "enterprise_project_id": "0",
         "tenant_id": vpc.project_id,
         "created_at": iso_z(vpc.created_at),
@@ -65,6 +68,10 @@ def create_vpc(
         vpc = networks.create_vpc(
             session, caller.project_id, name=opt.name, cidr=opt.cidr, description=opt.description
         )
+        if opt.enable_shared_snat is not None:
+            vpc.enable_shared_snat = opt.enable_shared_snat
+            session.add(vpc)
+            session.flush()
         return {"vpc": vpc_view(vpc)}
 
 
@@ -99,7 +106,17 @@ def update_vpc(
         vpc = networks.update_vpc(
             session, caller.project_id, vpc_id, name=opt.name, description=opt.description, cidr=opt.cidr
         )
-        return {"vpc": vpc_view(vpc)}
+        snat_changed = opt.enable_shared_snat is not None and opt.enable_shared_snat != vpc.enable_shared_snat
+        if snat_changed:
+            vpc.enable_shared_snat = bool(opt.enable_shared_snat)
+            session.add(vpc)
+            session.flush()
+        answer = {"vpc": vpc_view(vpc)}
+        snat_hosts = eips.vpc_hosts(session, vpc.id) if snat_changed else []
+    if opt.cidr is not None:
+        network_push.push_network(request.app.state.ctx, vpc_id)  # the hosts route the new CIDR
+    eips.push_external(request.app.state.ctx, snat_hosts)  # shared SNAT switched on or off
+    return answer
 
 
 @router.delete("/v1/{project_id}/vpcs/{vpc_id}", status_code=204)

@@ -80,11 +80,13 @@ class Stack:
         env["PATH"] = ":".join(path + [d for d in _SBIN if d not in path])
         return env
 
+    # -P: the daemons run in the home, whose agent/ and controller/ directories would otherwise shadow the
+    # packages of the same names (`python -m` puts the working directory first on sys.path).
     def controller_argv(self) -> list[str]:
-        return [sys.executable, "-m", "controller"]
+        return [sys.executable, "-P", "-m", "controller"]
 
     def agent_argv(self) -> list[str]:
-        return [sys.executable, "-m", "agent"]
+        return [sys.executable, "-P", "-m", "agent"]
 
     def controller_env(self, seed_image: Path) -> dict[str, str]:
         env = self.base_env()

@@ -1,6 +1,7 @@
 """Every table, imported here so `SQLModel.metadata` knows them all before `create_all`."""
 
 from controller.models.backup import Backup, Checkpoint, OperationLog, Vault
+from controller.models.eip import Eip
 from controller.models.flavor import Flavor
 from controller.models.host import Host
 from controller.models.image import Image
@@ -19,6 +20,7 @@ __all__ = [
     "Checkpoint",
     "ClientToken",
     "Credential",
+    "Eip",
     "Flavor",
     "Host",
     "IdCounter",

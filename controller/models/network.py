@@ -22,6 +22,8 @@ class Vpc(SQLModel, table=True):
     description: str = ""
     status: str = "OK"
     vni: int = Field(unique=True)
+    # Servers without an EIP reach the external network through the VPC gateway's SNAT (a labcloud field).
+    enable_shared_snat: bool = True
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -21,6 +21,7 @@ class Quota(SQLModel, table=True):
     key_pairs: int | None = None
     volumes: int | None = None  # EVS
     gigabytes: int | None = None  # EVS, GiB over all volumes
+    eips: int | None = None  # EIP v1 publicips
     updated_at: datetime = Field(default_factory=utcnow)
 
 

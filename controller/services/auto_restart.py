@@ -1,11 +1,12 @@
 """Servers that ask to be restarted when their guest stops behind labcloud's back.
 
 A server opts in with the metadata item `__labcloud_auto_restart: "true"` at create ("1", "yes" and "on" work
-too; Huawei reserves `__` keys for such system settings). When a heartbeat shows its settled ACTIVE guest shut off or crashed (a `virsh destroy`, a guest
-`poweroff`, a qemu crash), `services.power_sync` starts it again instead of showing SHUTOFF: the server goes
-into the ordinary start transition (SHUTOFF / powering-on) and a start job is queued, so the restart is visible
-in the job list and fails like any start (back to SHUTOFF with a fault). A stop through the API is never undone:
-it changes the server while it happens, so the heartbeat that reports the guest off finds no settled ACTIVE row.
+too; Huawei reserves `__` keys for such system settings). When a heartbeat shows its settled ACTIVE guest shut
+off or crashed (a `virsh destroy`, a guest `poweroff`, a qemu crash), `services.power_sync` starts it again
+instead of showing SHUTOFF: the server goes into the ordinary start transition (SHUTOFF / powering-on) and a
+start job is queued, so the restart is visible in the job list and fails like any start (back to SHUTOFF with a
+fault, and no retry loop). A stop through the API is never undone: it changes the server while it happens, so
+the heartbeat that reports the guest off finds no settled ACTIVE row.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from controller.config import Settings
 from controller.errors import NotFound, QuotaExceeded
 from controller.models.common import utcnow
+from controller.models.eip import Eip
 from controller.models.flavor import Flavor
 from controller.models.keypair import Keypair
 from controller.models.network import SecurityGroup
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 UNLIMITED = -1
 # To add a resource (EIPs next): a column on Quota, a Settings default, a field on Limits, its count in
 # `get_usage`, a `check_added` call where it is created, and the admin API's QuotaIn.
-RESOURCES = ("instances", "cores", "ram", "security_groups", "key_pairs", "volumes", "gigabytes")
+RESOURCES = ("instances", "cores", "ram", "security_groups", "key_pairs", "volumes", "gigabytes", "eips")
 
 # Huawei's ECS quota code; the VPC one is labcloud's choice in the same pattern.
 ECS_QUOTA = "Ecs.0105"
@@ -52,6 +53,7 @@ class Limits:
     key_pairs: int
     volumes: int
     gigabytes: int
+    eips: int
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -66,6 +68,7 @@ def defaults(settings: Settings) -> Limits:
         key_pairs=settings.quota_key_pairs,
         volumes=settings.quota_volumes,
         gigabytes=settings.quota_gigabytes,
+        eips=settings.quota_eips,
     )
 
 
@@ -110,7 +113,10 @@ def get_usage(session: Session, project_id: str) -> Limits:
             Volume.project_id == project_id, Volume.status != VOLUME_DELETED
         )
     ).one()
-    return Limits(int(instances), int(cores), int(ram), int(groups), int(keys), int(volumes), int(gigabytes))
+    eips = session.exec(select(func.count(col(Eip.id))).where(Eip.project_id == project_id)).one()
+    return Limits(
+        int(instances), int(cores), int(ram), int(groups), int(keys), int(volumes), int(gigabytes), int(eips)
+    )
 
 
 def lock_project(session: Session, project_id: str) -> None:
@@ -155,7 +161,7 @@ def check_added(session: Session, settings: Settings, project_id: str, resource:
         what = resource.replace("_", " ")
         raise QuotaExceeded(
             f"Quota exceeded for {what}: the limit is {limit}.",
-            code=VPC_QUOTA if resource == "security_groups" else ECS_QUOTA,
+            code=VPC_QUOTA if resource in ("security_groups", "eips") else ECS_QUOTA,
         )
 
 

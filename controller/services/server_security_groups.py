@@ -54,7 +54,12 @@ def server_groups(ctx: ControllerContext, project_id: str, server_id: str) -> li
 
 
 def change_groups(
-    ctx: ControllerContext, project_id: str, server_id: str, *, add: str | None = None, remove: str | None = None
+    ctx: ControllerContext,
+    project_id: str,
+    server_id: str,
+    *,
+    add: str | None = None,
+    remove: str | None = None,
 ) -> None:
     """Add or remove one group of a server and make its host (and the group's other hosts) enforce it."""
     with session_scope(ctx.engine) as session:

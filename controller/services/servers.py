@@ -118,15 +118,22 @@ def delete_servers(
     request_id: str,
     *,
     delete_volume: bool = False,
+    delete_publicip: bool = False,
 ) -> str:
-    """Delete the servers; with `delete_volume` their attached data volumes go too, else they become available."""
+    """Delete the servers; with `delete_volume` their attached data volumes go too, else they become available;
+    with `delete_publicip` the EIPs bound to them are released, else unbound."""
     with session_scope(ctx.engine) as session:
         servers = get_servers(session, project_id, server_ids)
         begin_transition(session, servers, "delete")
         parent = new_job(project_id, DELETE_JOB, request_id=request_id)
         session.add(parent)
         for server in servers:
-            payload = {"server_id": server.id, "from_status": server.status, "delete_volume": delete_volume}
+            payload = {
+                "server_id": server.id,
+                "from_status": server.status,
+                "delete_volume": delete_volume,
+                "delete_publicip": delete_publicip,
+            }
             session.add(_sub_job(project_id, DELETE_ONE_JOB, parent.id, payload, request_id))
     log.info("deleting servers %s (job %s)", [s.id for s in servers], parent.id)
     ctx.kick_jobs()

@@ -213,11 +213,16 @@ def test_vpc_spans_hosts_routes_between_subnets_and_stays_isolated(
     assert _flood(lab, "h1", green) == set()
 
     _watch(lab, "h2", {"from-c1": macs["c1"], "from-a1": macs["a1"]})
-    a1 = Guest("a1", ips["a1"], macs["a1"], lab.ns("h1"), key)
-    b1 = Guest("b1", ips["b1"], macs["b1"], lab.ns("h2"), key)
-    b2 = Guest("b2", ips["b2"], macs["b2"], lab.ns("h2"), key)
-    # h1's host routes 10.41.0.0/16 to blue; green's guest is reached from green's own router namespace.
-    c1 = Guest("c1", ips["c1"], macs["c1"], lab.router_netns("h1", green), key)
+    # Each guest is reached from its VPC's router namespace on its host: the host namespace itself routes only
+    # one of two VPCs with the same CIDR (and c1 may even have a1's address).
+    vpc_of = {name: vpc_id for name, (_, vpc_id, _) in plan.items()}
+    guests = {
+        name: Guest(name, ips[name], macs[name], lab.router_netns(hosts[name], vpc_of[name]), key)
+        for name in servers
+    }
+    a1, b1, b2, c1 = guests["a1"], guests["b1"], guests["b2"], guests["c1"]
+    for name, guest in guests.items():
+        assert guest.run("hostname").stdout.strip() == name
 
     assert a1.run("cat /sys/class/net/eth0/mtu").stdout.strip() == "1450"  # DHCP's MTU, under the overlay
 

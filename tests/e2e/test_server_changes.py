@@ -158,7 +158,6 @@ def test_attach_and_resize_survive_agent_kills_then_reinstall(cloud: Any, tmp_pa
         log.info("agent restarted by `labcloud up` in %.1f s", time.monotonic() - restarted)
         with cloud.entered():
             job = journey.wait_job(ecs, attach_job, timeout=WAIT_S)
-        import shutil as _sh; _sh.copytree(home / "logs", "/tmp/h7-logs", dirs_exist_ok=True); _sh.copytree(home / "run", "/tmp/h7-run", dirs_exist_ok=True)  # DEBUG
         assert job.status == "SUCCESS", (job.error_code, job.fail_reason)
         assert evs.show_volume(ShowVolumeRequest(volume_id=volume_id)).volume.status == "in-use"
         wait_in_guest(client, "test -e /sys/block/vdb", "the volume attached across an agent restart")

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from controller.cli.context import CliContext
 from controller.cli.output import show_table
 
-RESOURCES = ("instances", "cores", "ram", "security_groups", "key_pairs", "volumes", "gigabytes")
+RESOURCES = ("instances", "cores", "ram", "security_groups", "key_pairs", "volumes", "gigabytes", "eips")
 UNITS = {"ram": " (MiB)", "gigabytes": " (GiB)"}
 
 

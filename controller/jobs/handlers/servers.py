@@ -24,7 +24,7 @@ from controller.jobs.worker import JobContext
 from controller.logs import request_id_var
 from controller.models.common import utcnow
 from controller.models.server import Server
-from controller.services import ipam, overlay, volumes
+from controller.services import eips, ipam, overlay, volumes
 from controller.services.server_create import CREATE_ONE_JOB
 from controller.services.servers import (
     AGENT_FAILED,
@@ -119,6 +119,7 @@ def create_single_server(jctx: JobContext) -> dict[str, Any]:
     log.info("server %s ACTIVE on host %s", server.id, host_id)
     _push_groups(jctx, server)
     overlay.push_project_overlays(jctx.ctx, server.project_id)
+    eips.push_external(jctx.ctx, [host_id])  # the host's router learns its VPC's shared SNAT switch
     return {"server_id": server.id}
 
 
@@ -163,6 +164,7 @@ def delete_single_server(jctx: JobContext) -> dict[str, Any]:
         _delete_volume_files(jctx, server_id)
     now = utcnow()
     with session_scope(jctx.engine) as session:
+        eips.release_for_server(session, server_id, delete=bool(jctx.job.payload.get("delete_publicip")))
         ipam.release_ports(session, server_id)
         if delete_volumes:
             volumes.delete_server_volumes(session, server_id)
@@ -172,6 +174,7 @@ def delete_single_server(jctx: JobContext) -> dict[str, Any]:
     log.info("server %s DELETED", server_id)
     _push_groups(jctx, server)
     overlay.push_project_overlays(jctx.ctx, server.project_id)
+    eips.push_external(jctx.ctx, [server.host_id])
     return {"server_id": server_id}
 
 

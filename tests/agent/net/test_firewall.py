@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.net import rules
+from agent.net import names, proc, rules
 from agent.net.firewall import Firewall
 from agent.net.names import tap_name
 from agent.net.ports import BoundPort
@@ -140,3 +140,28 @@ def test_other_rules_survive_and_a_duplicate_jump_is_collapsed(sandbox: Sandbox)
     saved = _save(sandbox)
     assert "lc-" not in saved
     assert "-A FORWARD -j OTHER" in saved and "-A OTHER -p tcp -m tcp --dport 25 -j DROP" in saved
+
+
+def test_a_long_lived_firewall_writes_only_changed_chains_and_recovers_from_drift(sandbox: Sandbox) -> None:
+    """Between kernel reads the firewall trusts what it wrote; a chain deleted behind its back makes the
+    incremental restore fail, and the firewall then starts over from the kernel."""
+    two = rules.render_ruleset([_port(1, [SG]), _port(2, [SG])], _groups(["10.20.1.11", "10.20.1.12"]))
+    three_ports = [_port(1, [SG]), _port(2, [SG]), _port(3, [SG])]
+    three = rules.render_ruleset(three_ports, _groups(["10.20.1.11", "10.20.1.12", "10.20.1.13"]))
+    deleted = rules.render_ruleset([_port(1, [SG])], _groups(["10.20.1.11"]))
+
+    def scenario() -> list[bool]:
+        firewall = Firewall()
+        results = [firewall.apply(two)]
+        # Drift the cached state does not know about: port 2's ingress chain is gone.
+        chain = names.ingress_chain(_port(2, [SG]).port.id)
+        for argv in (["-F", names.INGRESS_DISPATCH_CHAIN], ["-F", chain], ["-X", chain]):
+            proc.run(["iptables", *argv])
+        results.append(firewall.apply(three))  # refills lc-INGRESS with a jump to the missing chain
+        results.append(firewall.apply(three))  # nothing to do
+        results.append(firewall.apply(deleted))
+        return results
+
+    assert sandbox.call(sandbox.host, scenario) == [True, True, False, True]
+    saved = rules.parse_iptables_save(sandbox.sh(sandbox.host, "iptables-save", "-t", "filter"))
+    assert saved.chains == deleted.chains and saved.jump_in_place

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import NetworkError
-from agent.net import rules
+from agent.net import names, rules
 from agent.net.names import tap_name
 from agent.net.ports import BoundPort
 from agent.schemas import PortSpec, RuleSpec, SecurityGroupSpec
@@ -275,3 +275,17 @@ def test_parse_ipset_save_keeps_only_our_sets() -> None:
         "create lcn-a hash:ip family inet\n"
     )
     assert rules.parse_ipset_save(saved) == {"lcg-a": frozenset({"10.0.0.1"}), "lcn-a": frozenset()}
+
+
+def test_restore_mentions_only_the_chains_that_differ() -> None:
+    ports = [_port(1, [DEFAULT_SG]), _port(2, [DEFAULT_SG])]
+    before = rules.render_ruleset(ports, [_default_group()])
+    web = _default_group().model_copy(
+        update={"rules": [*_default_group().rules, RuleSpec(id="x", direction="ingress", protocol="udp")]}
+    )
+    after = rules.render_ruleset(ports, [web])
+    current = rules.FilterState(chains=before.chains, forward=(f"-A FORWARD {JUMP}",))
+    text = rules.render_restore(after.chains, current)
+    declared = sorted(line[1:].split()[0] for line in text.splitlines() if line.startswith(":"))
+    assert declared == sorted(names.ingress_chain(bp.port.id) for bp in ports)
+    assert rules.render_restore(before.chains, current) == "*filter\nCOMMIT\n"

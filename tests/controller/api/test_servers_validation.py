@@ -90,6 +90,20 @@ SDK_CASES: list[tuple[str, Case, int, str, str]] = [
         "not inside",
     ),
     ("fixed ip is the gateway", lambda a, n: {"nics": _nic(n, "10.20.1.1")}, 400, "Ecs.0005", "gateway"),
+    (
+        "fixed ip is the network address",
+        lambda a, n: {"nics": _nic(n, "10.20.1.0")},
+        400,
+        "Ecs.0005",
+        "network",
+    ),
+    (
+        "fixed ip is the broadcast address",
+        lambda a, n: {"nics": _nic(n, "10.20.1.255")},
+        400,
+        "Ecs.0005",
+        "broadcast",
+    ),
     ("fixed ip not an address", lambda a, n: {"nics": _nic(n, "10.20.1.x")}, 400, "Ecs.0005", "10.20.1.x"),
     (
         "fixed ip with count 2",

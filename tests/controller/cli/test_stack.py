@@ -1,7 +1,8 @@
-"""What `labcloud up` hands its daemons, and the guards of `down --purge` (pure, no processes)."""
+"""What `labcloud up` hands its daemons, and the guards of `down --purge` (no daemons are started)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,21 @@ def test_the_controller_gets_its_listen_address_and_the_seed_image(stack: Stack,
     env = stack.controller_env(tmp_path / "img.qcow2")
     assert (env["LABCLOUD_LISTEN_HOST"], env["LABCLOUD_LISTEN_PORT"]) == ("127.0.0.1", "8778")
     assert env["LABCLOUD_SEED_IMAGE"] == str(tmp_path / "img.qcow2")
-    assert stack.controller_argv()[1:] == ["-m", "controller"]
+    assert stack.controller_argv()[1:] == ["-P", "-m", "controller"]
+
+
+def test_the_daemons_import_their_own_packages_from_a_home_with_same_named_directories(stack: Stack) -> None:
+    # The home holds agent/ and controller/ (state); the daemons run there and must not import those.
+    home = stack.home.root
+    (home / "agent" / "net").mkdir(parents=True, exist_ok=True)
+    (home / "controller" / "api").mkdir(parents=True, exist_ok=True)
+    for argv, module in (
+        (stack.agent_argv(), "agent.net.names"),
+        (stack.controller_argv(), "controller.api"),
+    ):
+        probe = [argv[0], *argv[1:-2], "-c", f"import {module}"]
+        done = subprocess.run(probe, cwd=home, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
 
 
 def test_an_external_libvirt_replaces_the_private_one(

@@ -51,12 +51,12 @@ def _server(project: str, flavor: str = "s6.small.1", status: str = "ACTIVE") ->
 
 def test_limits_are_the_defaults_until_overridden(engine: Engine) -> None:
     with session_scope(engine) as session:
-        assert quotas.get_limits(session, SETTINGS, "p1") == quotas.Limits(3, 4, 1024, 100, 100, 2, 10)
+        assert quotas.get_limits(session, SETTINGS, "p1") == quotas.Limits(3, 4, 1024, 100, 100, 2, 10, 10)
         quotas.set_limits(session, "p1", {"instances": 10, "ram": -1})
         quotas.set_limits(session, "p1", {"cores": 8})
     with session_scope(engine) as session:
-        assert quotas.get_limits(session, SETTINGS, "p1") == quotas.Limits(10, 8, -1, 100, 100, 2, 10)
-        assert quotas.get_limits(session, SETTINGS, "p2") == quotas.Limits(3, 4, 1024, 100, 100, 2, 10)
+        assert quotas.get_limits(session, SETTINGS, "p1") == quotas.Limits(10, 8, -1, 100, 100, 2, 10, 10)
+        assert quotas.get_limits(session, SETTINGS, "p2") == quotas.Limits(3, 4, 1024, 100, 100, 2, 10, 10)
         quotas.set_limits(session, "p1", {"instances": None})
         assert quotas.get_limits(session, SETTINGS, "p1").instances == 3
         with pytest.raises(NotFound):
@@ -75,7 +75,7 @@ def test_usage_counts_live_servers_of_the_project(engine: Engine) -> None:
         session.add_all([_volume("p1", 3), _volume("p1", 5), _volume("p1", 7, "deleted"), _volume("p2", 1)])
     with Session(engine) as session:
         used = quotas.get_usage(session, "p1")
-    assert used == quotas.Limits(2, 2 * small.vcpus, 2 * small.ram_mib, 1, 1, 2, 8)
+    assert used == quotas.Limits(2, 2 * small.vcpus, 2 * small.ram_mib, 1, 1, 2, 8, 0)
 
 
 def test_volumes_over_either_limit_are_refused(engine: Engine) -> None:
