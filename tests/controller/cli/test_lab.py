@@ -27,12 +27,11 @@ def test_hosts_register_over_the_underlay_with_their_addresses_and_zones(lab: La
     status = lab.cli("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert "problem:" not in status.stdout
-    hosts = {line.split()[0]: line.split() for line in status.stdout.splitlines() if line.startswith("h")}
-    assert hosts["h1"][:4] == ["h1", "lcl-" + lab.lab.lab_id + "-h1", "ok", "10.254.0.11"]
+    members_part, hosts_part = status.stdout.split("hosts (as the controller sees them):")
+    members = {line.split()[0]: line.split() for line in members_part.splitlines() if line.startswith("h")}
+    assert members["h1"][:5] == ["h1", f"lcl-{lab.lab.lab_id}-h1", "ok", "10.254.0.11", "lab-1a"]
     # The controller's own view (the admin API, asked from inside its namespace).
-    ecs_hosts = [
-        line.split() for line in status.stdout.split("hosts (as the controller sees them):")[1].splitlines()
-    ]
+    ecs_hosts = [line.split() for line in hosts_part.splitlines()]
     assert ["h1", "lab-1a", "up", "10.254.0.11", "http://10.254.0.11:8779"] in ecs_hosts
     assert ["h2", "lab-1a", "up", "10.254.0.12", "http://10.254.0.12:8779"] in ecs_hosts
 
@@ -48,7 +47,7 @@ def test_members_are_joined_by_a_1550_byte_underlay_and_the_external_namespace_h
         assert link["mtu"] == 1550 and "UP" in link["flags"]
     (ext,) = lab.ip_json("ext", "-4", "addr", "show", "ul0")
     assert [(a["local"], a["prefixlen"]) for a in ext["addr_info"]] == [("10.254.0.1", 24)]
-    out = lab.cli("exec", "--on", "h2", "--", "ping", "-c", "1", "-W", "5", "10.254.0.1")
+    out = lab.cli("exec", "--on", "h2", "--", "busybox", "ping", "-c", "1", "-W", "5", "10.254.0.1")
     assert out.returncode == 0, out.stderr
     fabric = lab.ip_json("ctl", "route", "show")  # nothing but the underlay itself
     assert [r["dst"] for r in fabric] == ["10.254.0.0/24"]
