@@ -19,6 +19,7 @@ from agent.api import (
     router,
 )
 from agent.api_backups import router as backup_router
+from agent.api_volume_moves import router as volume_move_router
 from agent.api_token import load_or_create
 from agent.config import AgentSettings
 from agent.memtrim import start_idle_trimmer
@@ -122,6 +123,10 @@ def _start_housekeeping(agent: AgentService, every: float = 30.0) -> threading.E
             except Exception:
                 log.exception("collecting idle networks failed")
             try:
+                agent.repair_networks()  # a bridge deleted or a dnsmasq killed behind our back
+            except Exception:
+                log.exception("repairing the networks failed")
+            try:
                 agent.repair_firewall()  # chains, rules, ipsets changed behind our back: within 2 ticks
             except Exception:
                 log.exception("repairing the firewall failed")
@@ -177,4 +182,5 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(backup_router)
+    app.include_router(volume_move_router)
     return app

@@ -267,6 +267,26 @@ class DiskExport(BaseModel):
     consistent_with: Literal["running", "shutoff"]  # how it was taken: live point-in-time copy, or stopped
 
 
+class VolumeExport(BaseModel):
+    """A detached volume offered to another host (`POST /v1/volumes/{id}/export/{export_id}`): its file, linked
+    under `exports/`, fetched with `GET /v1/exports/{export_id}/file`, removed with `DELETE /v1/exports/{id}`."""
+
+    id: str
+    volume_id: str
+    size: int  # bytes of the file
+    virtual_size: int  # bytes the guest sees
+    checksum: str  # sha256 of the file
+
+
+class VolumeFetch(BaseModel):
+    """`POST /v1/volumes/{id}/fetch`: copy a volume another host exports into this host's volumes (a volume
+    move). `token` is the bearer secret the source agent accepts; the copy must hash to `checksum`."""
+
+    url: str
+    token: str
+    checksum: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class ServerAction(BaseModel):
     action: Literal["start", "stop", "reboot"]
     type: Literal["SOFT", "HARD"] = "SOFT"

@@ -272,7 +272,7 @@ class AgentService:
         """Re-ensure networks, DHCP and firewall for every stored spec; run once at start-up."""
         specs = self._specs.all()
         sweep_partials(self.state_dir)  # copies and downloads a killed agent left half-written
-        networks = {net.vpc_id: net for spec in specs for net in spec.networks}
+        networks = _newest_networks(specs)
         with self._sync_lock:
             for net in networks.values():
                 self._network.ensure_network(net)
@@ -682,6 +682,14 @@ class AgentService:
             }
         return deleted
 
+    def repair_networks(self) -> None:
+        """Re-ensure the network of every VPC a stored server uses (housekeeping): an intact one costs a few
+        reads; a bridge, router namespace or dnsmasq gone behind our back is rebuilt (the next port sync puts the
+        guests' taps back on a rebuilt bridge)."""
+        with self._sync_lock:
+            for network in _newest_networks(self._specs.all()).values():
+                self._network.ensure_network(network)
+
     def repair_firewall(self) -> None:
         """Apply the firewall, ipsets and DHCP hosts of every stored port again (housekeeping): the kernel is
         compared with the rendered state, so this writes nothing unless something changed behind our back."""
@@ -915,6 +923,19 @@ def _volume_key(volume_id: str) -> str:
 
 def _nic_names(port: PortSpec) -> tuple[str, str]:
     return bridge_name(port.vpc_id), tap_name(port.id)
+
+
+def _newest_networks(specs: list[ServerSpec]) -> dict[str, NetworkSpec]:
+    """Each VPC's network as the newest stored copy has it. Servers stored at different times may carry different
+    copies (a subnet changed in between, a push this host missed); the controller stamps every network it sends
+    with its clock (`overlay.version`), so the highest stamp is its latest word."""
+    newest: dict[str, NetworkSpec] = {}
+    for spec in specs:
+        for network in spec.networks:
+            have = newest.get(network.vpc_id)
+            if have is None or network.overlay.version > have.overlay.version:
+                newest[network.vpc_id] = network
+    return newest
 
 
 def _with_network(spec: ServerSpec, network: NetworkSpec) -> ServerSpec:

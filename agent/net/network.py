@@ -278,6 +278,9 @@ class HostNetwork:
         ready = self._ready.get(spec.vpc_id)
         if ready is None or ready[0] != spec or not router.is_alive(ready[1], spec.vpc_id, self._owner):
             return False
+        dhcp = any(subnet.dhcp_enable for subnet in spec.subnets)
+        if dhcp and Dnsmasq(spec.vpc_id, self._store.dhcp_files(spec.vpc_id)).pid(ready[1]) is None:
+            return False  # killed behind our back: the full ensure starts it again
         with links.netlink() as host:
             return links.index(host, names.bridge_name(spec.vpc_id)) is not None
 

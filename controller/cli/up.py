@@ -127,10 +127,24 @@ def _registered_host(stack: Stack) -> dict[str, Any] | None:
 
 
 def _found(into: list[dict[str, Any]], stack: Stack) -> bool:
+    # A restarted agent's host is still registered from before: wait until the agent itself serves, which it
+    # does only after its start-up resync has rebuilt the host's networks and domains.
+    if not _agent_serving(stack):
+        return False
     host = _registered_host(stack)
     if host is not None:
         into.append(host)
     return host is not None
+
+
+def _agent_serving(stack: Stack) -> bool:
+    host, port = stack.agent_listen()
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return True
+    except OSError:
+        return False
 
 
 def _check_port_free(host: str, port: int, name: str) -> None:

@@ -91,3 +91,21 @@ def test_put_network_route(rig: Rig) -> None:
         unauthorized = client.put("/v1/networks/vpc-a", json=pushed.model_dump(mode="json"))
         assert unauthorized.status_code == 401
     assert rig.stored_spec("srv-1").networks == [pushed]
+
+
+def test_resync_and_repair_use_the_newest_copy_of_each_network(rig: Rig) -> None:
+    """Two servers stored at different times carry different copies of their VPC (a push missed in between):
+    the copy the controller stamped last wins, whatever the order of the spec files."""
+    old = make_spec(rig.image, "srv-b", vpc="vpc-a", n=1)
+    (net,) = old.networks
+    old = old.model_copy(update={"networks": [_updated(net, dns=["10.10.0.1"], dhcp=True, version=10)]})
+    new = make_spec(rig.image, "srv-a", vpc="vpc-a", n=2)
+    newest = _updated(net, dns=["10.10.0.2"], dhcp=True, version=20)
+    new = new.model_copy(update={"networks": [newest]})
+    rig.service.ensure_server(old)
+    rig.service.ensure_server(new)
+    recorder = NetworkRecorder(rig)
+
+    rig.service.resync()
+    rig.service.repair_networks()
+    assert recorder.ensured == [newest, newest]

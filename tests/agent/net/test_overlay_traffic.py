@@ -192,7 +192,10 @@ def test_one_vpc_spans_two_hosts_with_a_distributed_gateway(hosts: dict[str, San
     a.net("delete_network", VPC)
     assert a.ip_json(a.host, "-d", "link", "show", "type", "vxlan") == []
     tables = json.loads(a.sh(a.host, "nft", "-j", "list", "tables", "bridge"))["nftables"]
-    assert [t for t in tables if "table" in t] == []
+    overlay_tables = [
+        t for t in tables if t.get("table", {}).get("name", "").startswith(names.OVERLAY_TABLE_PREFIX)
+    ]
+    assert overlay_tables == []
 
 
 def test_two_vpcs_with_the_same_cidr_on_the_same_hosts_exchange_no_packets(hosts: dict[str, Sandbox]) -> None:

@@ -229,3 +229,37 @@ def test_dhcp_follows_ports_and_subnet_changes(sandbox: Sandbox) -> None:
     _lease(sandbox, g1)
     record = json.loads((_files(sandbox) / "network.json").read_text())
     assert record["spec"]["subnets"][0]["dhcp_enable"] is True
+
+
+def _repair_in_one_agent(
+    state_dir: Path, spec: NetworkSpec, ports: list[BoundPort], dnsmasq_pid: Path
+) -> Any:
+    """In one HostNetwork (a running agent): kill dnsmasq, re-ensure; delete the bridge, re-ensure and sync.
+    Returns the dnsmasq pids before and after, and the tap's master after each step."""
+    from agent.net.network import HostNetwork
+
+    net = HostNetwork(state_dir)
+    net.ensure_network(spec)  # fills the process's fast-path cache
+    killed = int(dnsmasq_pid.read_text())
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: netns_inode(killed) is None, "dnsmasq to die")
+    net.ensure_network(spec)
+    restarted = int(dnsmasq_pid.read_text())
+    subprocess.run(["ip", "link", "del", names.bridge_name(VPC)], check=True)
+    net.ensure_network(spec)
+    net.sync_ports(ports, [_open_group([bp.port for bp in ports])])
+    tap = json.loads(subprocess.run(["ip", "-j", "link", "show", ports[0].tap], capture_output=True).stdout)
+    return killed, restarted, tap[0].get("master")
+
+
+def test_a_running_agent_repairs_a_killed_dnsmasq_and_a_deleted_bridge(sandbox: Sandbox) -> None:
+    sandbox.net("ensure_network", _spec())
+    guest = sandbox.add_guest(_port(1))
+    _restart(sandbox, _spec(), [guest])
+    ports = [BoundPort(port=guest.port, tap=guest.tap, hostname="vm1")]
+    killed, restarted, master = sandbox.call(
+        sandbox.host, _repair_in_one_agent, sandbox.state_dir, _spec(), ports, _files(sandbox) / "dnsmasq.pid"
+    )
+    assert restarted != killed and _dnsmasq_pid(sandbox) == restarted
+    assert master == names.bridge_name(VPC)
+    _lease(sandbox, guest)

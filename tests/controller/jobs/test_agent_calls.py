@@ -89,7 +89,8 @@ def test_a_create_fails_once_the_host_is_down_and_keeps_what_the_host_may_hold(a
     agents.stop_serving(host)
     response = create(ecs, server(net))
     (sid,) = response.server_ids
-    wait_for("the create job to call the agent", sub_job_attempted(api, sid, "createSingleServer"))
+    # Placed on the host: from here on the job calls the silent agent.
+    wait_for("the create job to place the server", lambda: row(api, sid).host_id == host.host_id)
     with session_scope(api.ctx.engine) as session:  # as if the silence had lasted past host_dead_seconds
         session.exec(  # type: ignore[call-overload]
             update(Host)
