@@ -35,6 +35,8 @@ from agent.schemas import (
     StagedBackup,
     UploadedBackup,
     VolumeAttachment,
+    VolumeExport,
+    VolumeFetch,
     VolumeRollback,
     VolumeSpec,
     VolumeState,
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-Id"
 # A soft stop waits for an ACPI shutdown and a first boot may download its image: minutes, not seconds.
 DEFAULT_TIMEOUT = 180.0
+FETCH_TIMEOUT = 3600.0  # copying a whole volume between hosts
 CONNECT_TIMEOUT = 5.0
 
 _GROUPS = TypeAdapter(list[SecurityGroupSpec])
@@ -228,6 +231,21 @@ class AgentClient:
     def delete_export(self, export_id: str, *, request_id: str | None = None) -> None:
         self._call("DELETE", f"/v1/exports/{export_id}", request_id=request_id)
 
+    def export_volume(self, volume_id: str, export_id: str, *, request_id: str | None = None) -> VolumeExport:
+        """Offer a detached volume's file to another host (a volume move); fetch it with `export_download`."""
+        path = f"/v1/volumes/{volume_id}/export/{export_id}"
+        return VolumeExport.model_validate(self._call("POST", path, request_id=request_id))
+
+    def fetch_volume(
+        self, volume_id: str, fetch: VolumeFetch, *, request_id: str | None = None
+    ) -> VolumeState:
+        """Copy a volume another host exports into this host (streamed, verified): as long as the copy takes."""
+        body = fetch.model_dump(mode="json")
+        data = self._call(
+            "POST", f"/v1/volumes/{volume_id}/fetch", json=body, request_id=request_id, timeout=FETCH_TIMEOUT
+        )
+        return VolumeState.model_validate(data)
+
     def take_backups(self, request: BackupTake, *, request_id: str | None = None) -> list[StagedBackup]:
         """Stage point-in-time copies of the disks on the host (idempotent: staged copies are kept)."""
         body = request.model_dump(mode="json")
@@ -263,10 +281,14 @@ class AgentClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         request_id: str | None = None,
+        timeout: float | None = None,
     ) -> Any:
         headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        extra: dict[str, Any] = (
+            {} if timeout is None else {"timeout": httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)}
+        )
         try:
-            response = self._http.request(method, path, json=json, params=params, headers=headers)
+            response = self._http.request(method, path, json=json, params=params, headers=headers, **extra)
         except httpx.TransportError as exc:
             raise AgentUnreachable(self.base_url, f"{type(exc).__name__}: {exc}") from exc
         log.debug("agent %s %s %s -> %s", self.base_url, method, path, response.status_code)

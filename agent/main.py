@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -19,8 +20,8 @@ from agent.api import (
     router,
 )
 from agent.api_backups import router as backup_router
-from agent.api_volume_moves import router as volume_move_router
 from agent.api_token import load_or_create
+from agent.api_volume_moves import router as volume_move_router
 from agent.config import AgentSettings
 from agent.memtrim import start_idle_trimmer
 from agent.schemas import HostInfo
@@ -145,7 +146,9 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
         settings.persist_host_id()
         agent.check()
         try:
-            agent.resync()
+            # In a worker thread: pyroute2 runs an event loop of its own, which cannot start inside this one
+            # (here, netlink failed with "This event loop is already running" and nothing was rebuilt).
+            await asyncio.to_thread(agent.resync)
         except Exception:  # keep serving: the controller's reconciler sees the drift and repairs it
             log.exception("resync from stored specs failed")
         heartbeat = None

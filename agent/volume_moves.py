@@ -16,11 +16,12 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+
 from agent.errors import Conflict, NotFound, StorageError
 from agent.schemas import VolumeExport, VolumeFetch, VolumeState
+from agent.service import AgentService, check_server_id
 from agent.storage import backups as staging
 from agent.storage.disks import image_info
-from agent.service import AgentService, check_server_id
 from agent.storage.layout import ensure_traversable_dir, ensure_volumes_dir, export_path, volume_path
 
 log = logging.getLogger(__name__)
