@@ -7,6 +7,8 @@ without either.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -40,6 +42,15 @@ class OverlaySpec(BaseModel):
     version: int = 0
     peers: list[str] = Field(default_factory=list)
     remote_ports: list[RemotePort] = Field(default_factory=list)
+
+    def digest(self) -> str:
+        """What this view says, order and version aside: hosts report it in `HostInfo.overlays` and the
+        controller compares it with the view it wants them to have (`controller.services.overlay_repair`)."""
+        doc = {
+            "peers": sorted(self.peers),
+            "remote_ports": sorted((p.ip, p.mac.lower()) for p in self.remote_ports),
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class NetworkSpec(BaseModel):
@@ -309,6 +320,9 @@ class HostInfo(BaseModel):
     availability_zone: str = "lab-1a"
     servers: list[ServerState] = Field(default_factory=list)
     underlay_ip: str | None = None  # this host's VTEP address; None: single-host, no overlay
+    # VPC id -> `OverlaySpec.digest()` of the overlay view this host applies, for every VPC network it has;
+    # the reconciler pushes a fresh view where it differs from the controller's (a host that missed a push).
+    overlays: dict[str, str] = Field(default_factory=dict)
     # The bearer secret this agent accepts from the controller (besides its join token, which the controller
     # keeps only as a hash when it is a per-host token); None: the controller uses the shared join token.
     agent_token: str | None = None

@@ -148,7 +148,13 @@ class SimulatedFleet:
         self._stop = threading.Event()
         # Shared by every host: a connection pool to the controller for heartbeats, one client for image downloads.
         self._beat_transport = httpx.HTTPTransport()
-        self._downloads = httpx.Client(headers={"Authorization": f"Bearer {join_token}"}, timeout=60.0)
+        # No idle connections kept: image downloads are rare, and a pooled connection the controller is closing
+        # just then fails the download ("Server disconnected without sending a response").
+        self._downloads = httpx.Client(
+            headers={"Authorization": f"Bearer {join_token}"},
+            timeout=60.0,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -236,7 +242,11 @@ class SimulatedFleet:
         self.hosts.append(SimulatedHost(host_id, url, settings, service, app, heartbeat))
 
     def _serve(self) -> None:
-        config = uvicorn.Config(self._router, log_config=None, access_log=False, lifespan="off")
+        # One server stands for many agents, so one controller connection is reused for many hosts' calls:
+        # keep idle connections longer than uvicorn's 5 s, so fewer calls race a closing connection.
+        config = uvicorn.Config(
+            self._router, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=75
+        )
         self._server = uvicorn.Server(config)
         self._server_thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, name="sim-fleet", daemon=True

@@ -41,12 +41,15 @@ def export_volume(svc: AgentService, volume_id: str, export_id: str) -> VolumeEx
         ensure_traversable_dir(target.parent)
         link = staging.partial_path(target)
         try:
-            link.unlink(missing_ok=True)
-            os.link(source, link)
-            link.replace(target)
+            # rename() does nothing when both names are links of one file, so an export in place is kept.
+            if not (target.exists() and os.path.samefile(source, target)):
+                link.unlink(missing_ok=True)
+                os.link(source, link)
+                link.replace(target)
         except OSError as exc:
-            link.unlink(missing_ok=True)
             raise StorageError(f"cannot export volume {volume_id}: {exc}") from exc
+        finally:
+            link.unlink(missing_ok=True)
         info = image_info(target, fmt="qcow2")
         if info.backing_file is not None or info.data_file is not None:
             raise StorageError(f"volume {volume_id} is not a standalone qcow2")

@@ -69,8 +69,8 @@ from huaweicloudsdkevs.v2 import (
 )
 from sqlmodel import Session, select
 
-from bench.scheduler import start_fleet
-from bench.support import Controller, make_seed_image, median, start_controller
+from agent.sim import SimCapacity
+from bench.support import Controller, make_seed_image, median, start_controller, start_fleet
 from controller.models.image import Image
 from tests.e2e import journey
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     controller = start_controller(tmp / "home", seed_image=make_seed_image(tmp / "img"))
     fleet = None
     try:
-        fleet = start_fleet(controller, tmp / "fleet", 1, heartbeat_seconds=5.0)
+        fleet = start_fleet(controller, tmp / "fleet", 1, SimCapacity(), heartbeat_seconds=5.0)
         size_gib = -(-args.size_mib // 1024) + 1
         volume_id = volume_on_host(controller, size_gib)
         (volume,) = (tmp / "fleet" / "hosts").glob(f"*/state/volumes/{volume_id}.qcow2")

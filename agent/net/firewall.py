@@ -1,7 +1,9 @@
 """Applying a rendered `Ruleset` to the kernel with ipset, iptables-restore and nft, and removing it again.
 
 Order matters: ipsets must exist before rules refer to them, and can be destroyed only after no rule does.
-Unchanged state is detected by comparing with `iptables-save` / `ipset save`, so re-applying writes nothing.
+Unchanged state is detected by comparing with what the kernel holds (`iptables-save`, `ipset save`, `nft list`,
+or what was last written, trusted for a while), so re-applying writes nothing and a change writes only the
+chains, lines and map elements that differ.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Firewall:
     def __init__(self) -> None:
         self._v4 = _Table("iptables")
         self._v6 = _Table("ip6tables")
+        self._bridge = antispoof.Table()
 
     def sets(self) -> dict[str, frozenset[str]]:
         return rules.parse_ipset_save(proc.run(["ipset", "save"]))
@@ -108,7 +111,7 @@ class Firewall:
             changed = True
         changed |= self._v4.sync(desired.chains)
         changed |= self._v6.sync(desired.chains6)
-        changed |= antispoof.sync(desired.bridge)
+        changed |= self._bridge.sync(desired.bridge)
         stale = set(current_sets) - set(desired.sets)
         if stale:
             proc.run(["ipset", "restore"], stdin=rules.render_ipset_destroy(stale))
@@ -124,7 +127,8 @@ class Firewall:
     def teardown(self) -> None:
         """Remove every labcloud chain, the FORWARD jumps and every labcloud ipset."""
         removed = self._v4.clear() + self._v6.clear()
-        antispoof.sync("")
+        self._bridge.forget()
+        self._bridge.sync("")
         current_sets = self.sets()
         if current_sets:
             proc.run(["ipset", "restore"], stdin=rules.render_ipset_destroy(current_sets))

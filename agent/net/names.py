@@ -32,9 +32,22 @@ ROUTER_UPLINK_DEV = "up0"  # link-local hop back to the host namespace
 FORWARD_CHAIN = "lc-FORWARD"  # the one jump from FORWARD lands here
 EGRESS_DISPATCH_CHAIN = "lc-EGRESS"  # picks the lco- chain of the port a frame comes from
 INGRESS_DISPATCH_CHAIN = "lc-INGRESS"  # picks the lci- chain of the port a frame goes to
+EGRESS_ALLOWED_CHAIN = "lc-EGRESS-OK"  # where a sender's group lets a frame out: on to the receiver's check
 INGRESS_CHAIN_PREFIX = "lci-"  # traffic to the guest
 EGRESS_CHAIN_PREFIX = "lco-"  # traffic from the guest
-CHAIN_PREFIXES = ("lc-", INGRESS_CHAIN_PREFIX, EGRESS_CHAIN_PREFIX)
+GROUP_INGRESS_CHAIN_PREFIX = (
+    "lcgi-"  # one security group's ingress rules, jumped to from its ports' lci- chains
+)
+GROUP_EGRESS_CHAIN_PREFIX = (
+    "lcge-"  # one security group's egress rules, jumped to from its ports' lco- chains
+)
+CHAIN_PREFIXES = (
+    "lc-",
+    INGRESS_CHAIN_PREFIX,
+    EGRESS_CHAIN_PREFIX,
+    GROUP_INGRESS_CHAIN_PREFIX,
+    GROUP_EGRESS_CHAIN_PREFIX,
+)
 
 # ipsets: members of a security group (for remote_group_id), plus a staging set to swap in atomically.
 GROUP_SET_PREFIX = "lcg-"
@@ -80,6 +93,14 @@ def ingress_chain(port_id: str) -> str:
 
 def egress_chain(port_id: str) -> str:
     return EGRESS_CHAIN_PREFIX + id11(port_id)
+
+
+def group_ingress_chain(group_id: str) -> str:
+    return GROUP_INGRESS_CHAIN_PREFIX + id11(group_id)
+
+
+def group_egress_chain(group_id: str) -> str:
+    return GROUP_EGRESS_CHAIN_PREFIX + id11(group_id)
 
 
 def group_set(group_id: str) -> str:

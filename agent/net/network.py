@@ -64,6 +64,7 @@ class Network(Protocol):
     def delete_network(self, vpc_id: str) -> None: ...
     def network_ids(self) -> list[str]: ...
     def set_overlay(self, vpc_id: str, spec: OverlaySpec) -> bool: ...
+    def overlay_views(self) -> dict[str, OverlaySpec]: ...
     def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None: ...
     def set_external(self, spec: ExternalSpec) -> bool: ...
     def teardown_all(self) -> None: ...
@@ -152,6 +153,17 @@ class HostNetwork:
                 return True
             self.ensure_network(record.spec.model_copy(update={"overlay": spec}))
             return True
+
+    def overlay_views(self) -> dict[str, OverlaySpec]:
+        """The overlay view recorded for every VPC network here (none without an underlay), for heartbeats.
+
+        Read without the lock (records are replaced atomically), so a long firewall apply never delays a
+        heartbeat; a view recorded but not yet plumbed is re-plumbed by the housekeeping's `ensure_network`.
+        """
+        if self.underlay_ip is None:
+            return {}
+        records = {vpc_id: self._store.load(vpc_id) for vpc_id in self._store.ids()}
+        return {vpc_id: record.spec.overlay for vpc_id, record in records.items() if record is not None}
 
     def delete_network(self, vpc_id: str) -> None:
         """Remove the VPC's bridge, router namespace, dnsmasq, routes and files; nothing to do is fine."""
@@ -444,25 +456,42 @@ def _validate_ports(ports: list[BoundPort], specs: dict[str, NetworkSpec]) -> No
 
 
 class NullNetwork:
-    """Does nothing but remember which networks exist: for simulated hosts on libvirt's test driver."""
+    """Does nothing but remember which networks exist and their overlay views (the newest, as a real host
+    keeps them): for simulated hosts on libvirt's test driver. With an `underlay_ip` it reports those views
+    like a multi-host agent does."""
 
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path | None = None, underlay_ip: str | None = None) -> None:
         self._networks: set[str] = set()
+        self._overlays: dict[str, OverlaySpec] = {}
+        self.underlay_ip = underlay_ip
 
     def check(self) -> None:
         return None
 
     def ensure_network(self, spec: NetworkSpec) -> None:
         self._networks.add(spec.vpc_id)
+        self._keep_newest(spec.vpc_id, spec.overlay)
 
     def delete_network(self, vpc_id: str) -> None:
         self._networks.discard(vpc_id)
+        self._overlays.pop(vpc_id, None)
 
     def network_ids(self) -> list[str]:
         return sorted(self._networks)
 
     def set_overlay(self, vpc_id: str, spec: OverlaySpec) -> bool:
-        return vpc_id in self._networks
+        if vpc_id not in self._networks:
+            return False
+        self._keep_newest(vpc_id, spec)
+        return True
+
+    def overlay_views(self) -> dict[str, OverlaySpec]:
+        return dict(self._overlays) if self.underlay_ip is not None else {}
+
+    def _keep_newest(self, vpc_id: str, spec: OverlaySpec) -> None:
+        have = self._overlays.get(vpc_id)
+        if have is None or spec.version >= have.version:
+            self._overlays[vpc_id] = spec
 
     def sync_ports(self, ports: list[BoundPort], groups: list[SecurityGroupSpec]) -> None:
         return None
@@ -472,3 +501,4 @@ class NullNetwork:
 
     def teardown_all(self) -> None:
         self._networks.clear()
+        self._overlays.clear()

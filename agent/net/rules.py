@@ -2,17 +2,27 @@
 
 Layout of the filter table (all bridged traffic of the host namespace passes FORWARD once per output port):
 
-    FORWARD     -m physdev --physdev-is-bridged -j lc-FORWARD      (the only rule outside our chains)
-    lc-FORWARD  frame from a tap -> lc-EGRESS; frame to a tap -> lc-INGRESS; then ACCEPT if it touched a tap
-    lc-EGRESS   dispatch on --physdev-in  <tap>: goto lco-<port>; unknown tap: DROP
-    lc-INGRESS  dispatch on --physdev-out <tap>: goto lci-<port>; unknown tap: DROP
-    lco-<port>  from the guest: MAC/IP anti-spoofing, conntrack, DHCP, the groups' egress rules, DROP
-    lci-<port>  to the guest: conntrack, DHCP replies, the groups' ingress rules, DROP
+    FORWARD       -m physdev --physdev-is-bridged -j lc-FORWARD      (the only rule outside our chains)
+    lc-FORWARD    frame from a tap -> lc-EGRESS; frame to a tap -> lc-INGRESS; else ACCEPT if from a tap
+    lc-EGRESS     dispatch on --physdev-in  <tap>: goto lco-<port>; unknown tap: DROP
+    lc-INGRESS    dispatch on --physdev-out <tap>: goto lci-<port>; unknown tap: DROP
+    lco-<port>    from the guest: MAC/IP anti-spoofing, conntrack, DHCP, then a jump to each group's
+                  lcge-<group>; DROP if none let the frame out
+    lci-<port>    to the guest: conntrack, DHCP replies, then a jump to each group's lcgi-<group>; DROP
+    lcge-<group>  the group's egress rules, each `-j lc-EGRESS-OK`
+    lcgi-<group>  the group's ingress rules, each `-j ACCEPT`
+    lc-EGRESS-OK  the sender's groups let the frame out: to a tap -> lc-INGRESS (the receiver's check);
+                  else ACCEPT
 
-Per-port chains RETURN what they allow (and `lc-FORWARD` accepts it afterwards) so that a frame between two
-guests is checked by the sender's egress chain *and* the receiver's ingress chain. The dispatch chains use
-`-g` so a RETURN goes straight back to lc-FORWARD. Anti-spoofing comes before the conntrack shortcut:
-otherwise a guest could inject packets with a neighbour's address into that neighbour's established flows.
+A group's rules live once in its own chains however many ports use it, so the kernel holds about
+ports x 15 + rules (not ports x rules), a new port adds only its own chains and dispatch lines, and a rule
+change rewrites one group chain. Several groups on a port combine as a union without packet marks: a rule
+that matches ends the frame's evaluation (ACCEPT, or the receiver's check, which always ends in ACCEPT or
+DROP), so falling off a group chain just tries the port's next group. A frame between two guests is checked
+by the sender's egress *and* the receiver's ingress: lco- chains RETURN what their prelude allows
+(established flows, DHCP) to lc-FORWARD, which then runs the receiver's check; `-g` in the dispatch chains
+makes that RETURN go straight back to lc-FORWARD. Anti-spoofing comes before the conntrack shortcut: otherwise
+a guest could inject packets with a neighbour's address into that neighbour's established flows.
 
 Rules are written exactly as `iptables-save` prints them, so the rendered state can be compared with the
 kernel's and applying an unchanged state is a no-op.
@@ -20,6 +30,7 @@ kernel's and applying an unchanged state is a no-op.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +48,8 @@ _TAPS = names.TAP_PREFIX + "+"
 _PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp"}
 _ANY_PROTOCOL = {None, "", "any", "-1"}
 _SET_TYPE = "hash:ip family inet"
+# A chain this long or longer whose change is a few lines gets `-D`/`-I` edits instead of being refilled.
+_EDIT_MIN_LINES = 8
 
 
 @dataclass(frozen=True)
@@ -54,24 +67,36 @@ def render_ruleset(ports: Sequence[BoundPort], groups: Sequence[SecurityGroupSpe
     by_id = {group.id: group for group in groups}
     bound = sorted(ports, key=lambda bp: bp.tap)
     fwd, from_tap, to_tap = names.FORWARD_CHAIN, f"--physdev-in {_TAPS}", f"--physdev-out {_TAPS}"
+    ok = names.EGRESS_ALLOWED_CHAIN
     chains: dict[str, tuple[str, ...]] = {
         fwd: (
             f"-A {fwd} -m physdev {from_tap} --physdev-is-bridged -j {names.EGRESS_DISPATCH_CHAIN}",
             f"-A {fwd} -m physdev {to_tap} --physdev-is-bridged -j {names.INGRESS_DISPATCH_CHAIN}",
             f"-A {fwd} -m physdev {from_tap} --physdev-is-bridged -j ACCEPT",
-            f"-A {fwd} -m physdev {to_tap} --physdev-is-bridged -j ACCEPT",
         ),
         names.EGRESS_DISPATCH_CHAIN: _dispatch(bound, egress=True),
         names.INGRESS_DISPATCH_CHAIN: _dispatch(bound, egress=False),
+        ok: (
+            f"-A {ok} -m physdev {to_tap} --physdev-is-bridged -j {names.INGRESS_DISPATCH_CHAIN}",
+            f"-A {ok} -j ACCEPT",
+        ),
     }
-    remote_groups: set[str] = set()
+    used: list[str] = []  # groups some port is in and the controller sent, in first-use order
     for bp in bound:
-        port_rules = [rule for gid in bp.port.security_group_ids for rule in _group_rules(gid, by_id)]
-        remote_groups.update(
-            rule.remote_group_id for rule in port_rules if _applies(rule) and rule.remote_group_id
+        port_groups = _port_groups(bp, by_id)
+        used += [gid for gid in port_groups if gid not in used]
+        chains[names.egress_chain(bp.port.id)] = _egress_chain(bp, port_groups)
+        chains[names.ingress_chain(bp.port.id)] = _ingress_chain(bp, port_groups)
+    remote_groups: set[str] = set()
+    for gid in sorted(used):
+        group_rules = [rule for rule in by_id[gid].rules if _applies(rule)]
+        remote_groups.update(rule.remote_group_id for rule in group_rules if rule.remote_group_id)
+        chains[names.group_egress_chain(gid)] = _group_chain(
+            names.group_egress_chain(gid), group_rules, "egress"
         )
-        chains[names.egress_chain(bp.port.id)] = _egress_chain(bp, port_rules)
-        chains[names.ingress_chain(bp.port.id)] = _ingress_chain(bp, port_rules)
+        chains[names.group_ingress_chain(gid)] = _group_chain(
+            names.group_ingress_chain(gid), group_rules, "ingress"
+        )
     sets = {names.group_set(gid): _members(gid, by_id) for gid in sorted(remote_groups)}
     return Ruleset(
         chains=chains, sets=sets, chains6=render_ipv6_chains(), bridge=antispoof.render_table(bound)
@@ -103,12 +128,15 @@ def _dispatch(bound: Sequence[BoundPort], *, egress: bool) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _group_rules(group_id: str, by_id: Mapping[str, SecurityGroupSpec]) -> list[RuleSpec]:
-    group = by_id.get(group_id)
-    if group is None:
-        log.warning("security group %s is not in the synced groups; it allows nothing", group_id)
-        return []
-    return list(group.rules)
+def _port_groups(bp: BoundPort, by_id: Mapping[str, SecurityGroupSpec]) -> list[str]:
+    """The port's groups in its order, once each; a group the controller did not send allows nothing."""
+    found: list[str] = []
+    for gid in bp.port.security_group_ids:
+        if gid not in by_id:
+            log.warning("security group %s is not in the synced groups; it allows nothing", gid)
+        elif gid not in found:
+            found.append(gid)
+    return found
 
 
 def _applies(rule: RuleSpec) -> bool:
@@ -125,7 +153,7 @@ def _remote_network(rule: RuleSpec) -> ipaddress.IPv4Network | ipaddress.IPv6Net
         raise NetworkError(f"security group rule {rule.id}: bad remote_ip_prefix: {exc}") from exc
 
 
-def _egress_chain(bp: BoundPort, rules: Iterable[RuleSpec]) -> tuple[str, ...]:
+def _egress_chain(bp: BoundPort, groups: Iterable[str]) -> tuple[str, ...]:
     chain = names.egress_chain(bp.port.id)
     ip = _host(bp.port.ip)
     lines = [
@@ -139,33 +167,34 @@ def _egress_chain(bp: BoundPort, rules: Iterable[RuleSpec]) -> tuple[str, ...]:
         f"-A {chain} -p udp -m udp --sport 68 --dport 67 -j RETURN",
         f"-A {chain} -p udp -m udp --sport 67 --dport 68 -j DROP",
     ]
-    lines += _group_lines(chain, rules, "egress")
+    lines += [f"-A {chain} -j {names.group_egress_chain(gid)}" for gid in groups]
     lines.append(f"-A {chain} -j DROP")
     return tuple(lines)
 
 
-def _ingress_chain(bp: BoundPort, rules: Iterable[RuleSpec]) -> tuple[str, ...]:
+def _ingress_chain(bp: BoundPort, groups: Iterable[str]) -> tuple[str, ...]:
     chain = names.ingress_chain(bp.port.id)
     lines = [
-        f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         f"-A {chain} -m conntrack --ctstate INVALID -j DROP",
-        f"-A {chain} -p udp -m udp --sport 67 --dport 68 -j RETURN",
+        f"-A {chain} -p udp -m udp --sport 67 --dport 68 -j ACCEPT",
     ]
-    lines += _group_lines(chain, rules, "ingress")
+    lines += [f"-A {chain} -j {names.group_ingress_chain(gid)}" for gid in groups]
     lines.append(f"-A {chain} -j DROP")
     return tuple(lines)
 
 
-def _group_lines(chain: str, rules: Iterable[RuleSpec], direction: str) -> list[str]:
-    """The groups' rules of one direction, in order, without duplicates."""
+def _group_chain(chain: str, rules: Iterable[RuleSpec], direction: str) -> tuple[str, ...]:
+    """One group's rules of one direction, in order, without duplicates; falling off the end tries the
+    port's next group."""
     lines: list[str] = []
     for rule in rules:
-        if rule.direction != direction or not _applies(rule):
+        if rule.direction != direction:
             continue
         line = f"-A {chain} {render_rule(rule)}"
         if line not in lines:
             lines.append(line)
-    return lines
+    return tuple(lines)
 
 
 def render_rule(rule: RuleSpec) -> str:
@@ -196,7 +225,8 @@ def render_rule(rule: RuleSpec) -> str:
             names.group_set(rule.remote_group_id),
             "src" if ingress else "dst",
         ]
-    parts += ["-j", "RETURN"]
+    # Ingress is the last check of a frame; egress goes on to the receiver's (see the module docstring).
+    parts += ["-j", "ACCEPT" if ingress else names.EGRESS_ALLOWED_CHAIN]
     return " ".join(parts)
 
 
@@ -289,27 +319,56 @@ def parse_iptables_save(text: str) -> FilterState:
 def render_restore(desired: Mapping[str, Sequence[str]], current: FilterState) -> str:
     """`iptables-restore --noflush` input that turns `current` into `desired` in one transaction.
 
-    Declaring a chain flushes (or creates) it, so every chain that differs is declared and refilled; chains no
-    longer wanted are emptied the same way, then deleted. Chains already as desired are not mentioned at all:
-    with 200 ports, a change touches a few chains and the restore stays small (incremental). Outside our
-    chains only the FORWARD jump is touched: it is moved back to the top if something was inserted before it.
-    An empty `desired` removes everything.
+    Only chains that differ are mentioned (incremental): a long chain that differs by a few lines (a dispatch
+    chain gaining a port) gets `-D`/`-I` edits, any other changed chain is declared, which flushes or creates
+    it, and refilled. Chains no longer wanted are emptied the same way, then deleted. Outside our chains only
+    the FORWARD jump is touched: it is moved back to the top if something was inserted before it. An empty
+    `desired` removes everything.
     """
-    changed = {chain for chain in desired if current.chains.get(chain) != tuple(desired[chain])}
+    changed = [chain for chain in desired if current.chains.get(chain) != tuple(desired[chain])]
     stale = set(current.chains) - set(desired)
+    edits = {
+        chain: found
+        for chain in changed
+        if chain in current.chains
+        and (found := _edits(chain, current.chains[chain], tuple(desired[chain]))) is not None
+    }
     lines = ["*filter"]
-    lines += [f":{chain} - [0:0]" for chain in sorted(changed | stale)]
+    lines += [f":{chain} - [0:0]" for chain in sorted((set(changed) - set(edits)) | stale)]
     jump_rule = FORWARD_JUMP.removeprefix("-A FORWARD ")
     if not desired or not current.jump_in_place:
         lines += [f"-D FORWARD {jump_rule}"] * current.jumps
         if desired:
             lines.append(f"-I FORWARD 1 {jump_rule}")
-    for chain in desired:
-        if chain in changed:
-            lines += desired[chain]
+    for chain in changed:
+        lines += edits[chain] if chain in edits else desired[chain]
     lines += [f"-X {chain}" for chain in sorted(stale)]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def _edits(chain: str, current: tuple[str, ...], desired: tuple[str, ...]) -> list[str] | None:
+    """`-D`/`-I` lines turning `current` into `desired`, or None when refilling the chain is simpler.
+
+    Deletions name the rule (identical rules are interchangeable, so deleting the first is right); insertions
+    then go in ascending order of their final position, so every line before one is already in place.
+    """
+    if len(desired) < _EDIT_MIN_LINES:
+        return None
+    deleted: list[str] = []
+    inserted: list[int] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=current, b=desired, autojunk=False).get_opcodes():
+        if tag in ("delete", "replace"):
+            deleted += current[i1:i2]
+        if tag in ("insert", "replace"):
+            inserted += range(j1, j2)
+    if len(deleted) + len(inserted) > len(desired) // 4 or any(
+        len(line.split(" ", 2)) < 3 for line in deleted
+    ):
+        return None
+    out = [f"-D {chain} {line.split(' ', 2)[2]}" for line in deleted]
+    out += [f"-I {chain} {j + 1} {desired[j].split(' ', 2)[2]}" for j in inserted]
+    return out
 
 
 # ipset

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
+from controller.api.rendering import FastJSONResponse
 from controller.auth.deps import ProjectCaller
 from controller.context import ControllerContext
 from controller.logs import request_id_var
@@ -73,7 +74,7 @@ def list_details(
     server_id: str | None = None,
     tags: str | None = None,
     not_tags: Annotated[str | None, Query(alias="not-tags")] = None,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     filters = ServerFilters(
         name=name,
         status=status,
@@ -90,7 +91,7 @@ def list_details(
     with Session(ctx.engine) as session:
         total, rows = list_servers(session, caller.project_id, filters)
         related = load_related(session, rows, ctx.settings.host_dead_seconds)
-    return {"count": total, "servers": [server_detail(s, related) for s in rows]}
+    return FastJSONResponse({"count": total, "servers": [server_detail(s, related) for s in rows]})
 
 
 @router.get("/v1/{project_id}/cloudservers/limits")
@@ -104,12 +105,12 @@ def show_limits(project_id: str, caller: ProjectCaller, request: Request) -> dic
 
 
 @router.get("/v1/{project_id}/cloudservers/{server_id}")
-def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
+def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> FastJSONResponse:
     ctx = _ctx(request)
     with Session(ctx.engine) as session:
         server = servers.get_server(session, caller.project_id, server_id)
         related = load_related(session, [server], ctx.settings.host_dead_seconds)
-    return {"server": server_detail(server, related)}
+    return FastJSONResponse({"server": server_detail(server, related)})
 
 
 @router.get("/v1/{project_id}/cloudservers/{server_id}/os-interface")

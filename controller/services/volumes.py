@@ -2,8 +2,8 @@
 
 Every state change starts with a compare-and-swap from the volume transition table (`volume_state`); the job
 that carries it out lands the volume. A volume reaches a host lazily: its qcow2 is made on the server's host
-by the first attach job, and `host_id` then keeps the volume there (labcloud does not move volumes between
-hosts yet, so a later attach to a server on another host is refused).
+by the first attach job, and `host_id` then keeps the volume there until an attach to a server on another host
+of its zone moves it (`volume_moves`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from controller.models.volume import (
     VolumeActionIn,
     VolumeIn,
 )
-from controller.services import quotas
+from controller.services import quotas, volume_moves
 from controller.services.servers import SERVER_BUSY, get_server
 from controller.services.volume_snapshots import check_snapshots_allow
 from controller.services.volume_sources import resolve_source
@@ -392,11 +392,7 @@ def attach_volume(
                 f"Volume[{volume.id}] is in {volume.availability_zone}, server {server.id} in "
                 f"{server.availability_zone}: they must be in the same availability zone"
             )
-        if volume.host_id is not None and volume.host_id != server.host_id:
-            raise BadRequest(
-                f"Volume[{volume.id}] is stored on another host than server {server.id}; "
-                "moving volumes between hosts is not supported yet"
-            )
+        move_from = volume_moves.check_move(session, ctx.settings, volume, server)
         requested = _requested_letter(wanted.device)
         if body.dry_run:
             refused = refusal(volume.status, "attach")
@@ -412,7 +408,12 @@ def attach_volume(
         job = new_job(
             project_id,
             ATTACH_JOB,
-            payload={"volume_id": volume.id, "server_id": server.id, "device": device},
+            payload={
+                "volume_id": volume.id,
+                "server_id": server.id,
+                "device": device,
+                "move_from": move_from,
+            },
             entities={"server_id": server.id, "volume_id": volume.id},
             request_id=request_id,
         )

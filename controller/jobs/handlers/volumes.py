@@ -24,6 +24,7 @@ from controller.logs import request_id_var
 from controller.models.common import utcnow
 from controller.models.server import Server
 from controller.models.volume import Volume
+from controller.services import volume_moves
 from controller.services.servers import AGENT_UNREACHABLE, SERVER_NOT_FOUND
 from controller.services.volume_sources import volume_spec
 from controller.services.volume_state import AVAILABLE, DELETED, IN_USE, transition
@@ -107,9 +108,12 @@ def delete_volume(jctx: JobContext) -> dict[str, Any]:
 
 
 def _attach_failed(jctx: JobContext, code: str, reason: str) -> None:
-    """Back to available; unplug it from the host in case the agent got that far (best effort)."""
+    """Back to available; unplug it from the host in case the agent got that far (best effort). A move that did
+    not finish leaves the volume on its source host, without the export or a copy on the target."""
     payload = jctx.job.payload
     server = _server_or_none(jctx, payload["server_id"])
+    if payload.get("move_from") and server is not None and server.host_id:
+        volume_moves.undo_move(jctx, payload["volume_id"], payload["move_from"], server.host_id)
     if server is not None and server.host_id:
         try:
             client = agent_for(jctx, server.host_id)
@@ -140,6 +144,9 @@ def attach_volume(jctx: JobContext) -> dict[str, Any]:
     if server is None or server.host_id is None:
         raise JobFailed(SERVER_NOT_FOUND, f"Instance[{server_id}] could not be found or has no host.")
     host_id = server.host_id
+    move_from = payload.get("move_from")
+    if move_from and move_from != host_id:
+        volume_moves.move_volume(jctx, volume, move_from, host_id)
     # Record where the file will live before making it, so a crash after the agent call cannot lose it.
     with session_scope(jctx.engine) as session:
         placed = session.exec(

@@ -82,6 +82,7 @@ def test_quota_admin_api(api) -> None:  # type: ignore[no-untyped-def]
         "key_pairs": 0,
         "volumes": 0,
         "gigabytes": 0,
+        "eips": 0,
     }
     absolute = limits(tenant)
     assert (absolute.max_total_instances, absolute.max_total_ram_size) == (3, -1)
@@ -95,7 +96,7 @@ def test_quota_admin_api(api) -> None:  # type: ignore[no-untyped-def]
             ("/v1/admin/projects/nosuch/quotas", {"quota": {"instances": 1}}, 404),
             (f"/v1/admin/projects/{tenant.project_id}/quotas", {"quota": {"instances": -2}}, 400),
             (f"/v1/admin/projects/{tenant.project_id}/quotas", {"quota": {"instances": "5"}}, 400),
-            (f"/v1/admin/projects/{tenant.project_id}/quotas", {"quota": {"eips": 5}}, 400),
+            (f"/v1/admin/projects/{tenant.project_id}/quotas", {"quota": {"floating_ips": 5}}, 400),
         ):
             with pytest.raises(ApiCallError) as info:
                 client.put(path, body)

@@ -217,7 +217,7 @@ def test_snapshot_rollback_and_new_volume_on_the_host(api: Any, agents: Any) -> 
     copy_file = state / "volumes" / f"{copy_id}.qcow2"
     assert image_info(copy_file, fmt="qcow2").virtual_size == 2 * GIB and holds_pattern(copy_file, 0xAA)
 
-    # ... and stays there: a server on another host cannot have it.
+    # Snapshots stay on their volume's host, so a volume with snapshots does not move to another host.
     host_b = agents.start("b")
     with ApiClient(Credentials(api.endpoint, api.ak, api.sk, api.project_id)) as client:
         client.post(f"/v1/admin/hosts/{host_a.host_id}/disable", {"reason": "fill b"})
@@ -225,9 +225,9 @@ def test_snapshot_rollback_and_new_volume_on_the_host(api: Any, agents: Any) -> 
     (other_server,), job = create_and_wait(ecs, server(net, name="on-b"))
     assert job.status == "SUCCESS", job
     before = rows(api)
-    exc = expect_error(lambda: attach(ecs, other_server, copy_id), 400, "Ecs.0005")
-    assert "another host" in exc.error_msg
-    assert rows(api) == before and not (host_b.settings.state_dir / "volumes" / f"{copy_id}.qcow2").exists()
+    exc = expect_error(lambda: attach(ecs, other_server, volume_id), 409, "EVS.2026")
+    assert "snapshot" in exc.error_msg and host_a.host_id in exc.error_msg
+    assert rows(api) == before and not (host_b.settings.state_dir / "volumes" / f"{volume_id}.qcow2").exists()
     # The volume on host a can be attached to the server there.
     assert wait_job(ecs, attach(ecs, server_id, copy_id).job_id).status == "SUCCESS"
 
