@@ -14,6 +14,7 @@ server lock, as everywhere in the agent.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 from contextlib import ExitStack
@@ -32,9 +33,9 @@ from agent.schemas import (
     VolumeState,
 )
 from agent.storage import backups as staging
-from agent.storage.disks import GIB, convert_to_qcow2, image_info
+from agent.storage.disks import GIB, convert_to_qcow2, grow_volume, image_info
 from agent.storage.layout import instance_paths, volume_path
-from agent.storage.snapshots import fill_volume
+from agent.storage.snapshots import fill_volume, publish
 
 if TYPE_CHECKING:
     from agent.service import AgentService
@@ -214,16 +215,46 @@ class BackupAgent:
         if backup.url is None:
             fill_volume(path, size_gib, None, replace=replace)
             return
+        if not replace and path.exists():
+            return
         # Hidden and unique (two restores at once), and swept at start like every partial file.
         name = f".restore-{secrets.token_hex(4)}-{path.stem}{staging.PARTIAL_SUFFIX}"
         fetched = staging.staging_dir(self.state_dir) / name
         try:
             staging.download(backup.url, self._token, fetched, backup.checksum)
-            fill_volume(path, size_gib, fetched, "qcow2", replace=replace)
+            if not self._adopt(fetched, path, size_gib, replace=replace):
+                fill_volume(path, size_gib, fetched, "qcow2", replace=replace)
         except OSError as exc:
             raise StorageError(f"restoring {path.name}: {exc}") from exc
         finally:
             fetched.unlink(missing_ok=True)
+
+    def _adopt(self, fetched: Path, path: Path, size_gib: int, *, replace: bool) -> bool:
+        """Make the downloaded backup the disk itself (grown to `size_gib`), which saves a second full copy.
+
+        The stored object is the standalone qcow2 the take step wrote; one that is anything else (a backing or
+        data file, which a disk must not have) or larger than the disk is refused. False when the file cannot
+        be renamed into place (another file system): the caller copies it instead.
+        """
+        info = image_info(fetched, fmt="qcow2")
+        if info.backing_file is not None or info.data_file is not None:
+            raise StorageError(f"backup for {path.name} is not a standalone qcow2")
+        if info.virtual_size > size_gib * GIB:
+            raise StorageError(
+                f"the backup holds {info.virtual_size} bytes, more than the {size_gib} GiB of {path.name}"
+            )
+        grow_volume(fetched, size_gib)
+        try:
+            if replace:
+                fetched.replace(path)
+            elif not publish(fetched, path):
+                log.info("%s appeared meanwhile; keeping it", path)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        log.info("%s restored from a downloaded backup (%s GiB)", path, size_gib)
+        return True
 
 
 def _check(resource_id: str) -> None:

@@ -9,10 +9,11 @@ N times each:
     `available` (polled every 50 ms): the agent copies the volume to staging with qemu-img, streams it to the
     controller's backup store (sha256 on both sides, fsync), and discards the staged copy;
   * restore: the backup restored onto the detached volume, timed from the call until the backup and the volume
-    are `available` again: the agent downloads it (sha256 checked), converts it into a new volume file and
-    renames that over the old one;
+    are `available` again: the agent downloads it (sha256 checked, fsync), checks it is a standalone qcow2,
+    grows it to the volume's size and renames it over the old file;
   * raw: `qemu-img convert -O qcow2` of the volume's file to a new file on the same filesystem: one copy, which
-    is the least either direction has to do.
+    is the least either direction has to do; and the same followed by an fsync of the copy, since labcloud
+    makes the stored backup and the restored disk durable before it reports them.
 Prints the medians, MiB/s and the ratios; the last line is one JSON object.
 
     .venv/bin/python -m bench.backup --runs 3 --size-mib 1024
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -201,9 +203,16 @@ def delete_backup(cbr: CbrClient, backup_id: str) -> None:
     _until("the backup's delete", gone)
 
 
-def convert_raw(source: Path, target: Path) -> float:
+def convert_raw(source: Path, target: Path, *, durable: bool) -> float:
+    """One `qemu-img convert`; `durable` also fsyncs the copy, as the backup store and a restore do."""
     started = time.perf_counter()
     subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(source), str(target)], check=True)
+    if durable:
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     elapsed = time.perf_counter() - started
     target.unlink()
     return elapsed
@@ -228,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         on_disk = volume.stat().st_blocks * 512
         cbr, evs = _client(controller, CbrClient), _client(controller, EvsClient)
         vault_id = make_vault(cbr, volume_id)
-        backups, restores, raws, stored = [], [], [], 0
+        backups, restores, raws, durables, stored = [], [], [], [], 0
         for _ in range(args.runs):  # alternate, so machine noise hits every method alike
-            raws.append(convert_raw(volume, tmp / "raw-copy.qcow2"))
+            raws.append(convert_raw(volume, tmp / "raw-copy.qcow2", durable=False))
+            durables.append(convert_raw(volume, tmp / "raw-copy.qcow2", durable=True))
             took, backup_id = backup_labcloud(cbr, vault_id)
             backups.append(took)
             stored = (controller.ctx.settings.backup_store_dir / f"{backup_id}.qcow2").stat().st_size
@@ -243,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         controller.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     mib = on_disk / MIB
-    backup_s, restore_s, raw_s = median(backups), median(restores), median(raws)
+    backup_s, restore_s, raw_s, durable_s = median(backups), median(restores), median(raws), median(durables)
     results = {
         "runs": args.runs,
         "data_mib": args.size_mib,
@@ -252,23 +262,27 @@ def main(argv: list[str] | None = None) -> int:
         "backup_median_s": round(backup_s, 2),
         "restore_median_s": round(restore_s, 2),
         "raw_qemu_img_convert_median_s": round(raw_s, 2),
+        "raw_convert_fsync_median_s": round(durable_s, 2),
         "backup_mib_s": round(mib / backup_s, 1),
         "restore_mib_s": round(mib / restore_s, 1),
         "raw_mib_s": round(mib / raw_s, 1),
         "ratio_backup_vs_raw": round(backup_s / raw_s, 2),
         "ratio_restore_vs_raw": round(restore_s / raw_s, 2),
+        "ratio_backup_vs_raw_fsync": round(backup_s / durable_s, 2),
+        "ratio_restore_vs_raw_fsync": round(restore_s / durable_s, 2),
     }
     print(
         f"volume with {args.size_mib} MiB of data ({mib:.0f} MiB on disk), median of {args.runs}: "
-        f"raw qemu-img convert {raw_s:.2f} s ({mib / raw_s:.0f} MiB/s)"
+        f"raw qemu-img convert {raw_s:.2f} s ({mib / raw_s:.0f} MiB/s), "
+        f"with fsync {durable_s:.2f} s ({mib / durable_s:.0f} MiB/s)"
     )
     print(
-        f"backup (stage + upload + sha256 + discard) {backup_s:.2f} s ({mib / backup_s:.0f} MiB/s), "
-        f"ratio {backup_s / raw_s:.2f} vs raw"
+        f"backup (stage + upload + sha256 + fsync + discard) {backup_s:.2f} s ({mib / backup_s:.0f} MiB/s), "
+        f"ratio {backup_s / raw_s:.2f} vs raw, {backup_s / durable_s:.2f} vs raw + fsync"
     )
     print(
-        f"restore (download + sha256 + convert + rename) {restore_s:.2f} s ({mib / restore_s:.0f} MiB/s), "
-        f"ratio {restore_s / raw_s:.2f} vs raw"
+        f"restore (download + sha256 + fsync + rename) {restore_s:.2f} s ({mib / restore_s:.0f} MiB/s), "
+        f"ratio {restore_s / raw_s:.2f} vs raw, {restore_s / durable_s:.2f} vs raw + fsync"
     )
     print(json.dumps(results))
     return 0

@@ -17,6 +17,7 @@ from agent.memtrim import start_idle_trimmer
 from controller import bootstrap
 from controller.api import (
     admin,
+    admin_flavors,
     cbr,
     eips,
     flavors,
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 ROUTERS = [
     internal,
     admin,
+    admin_flavors,
     projects,
     join_tokens,
     jobs,

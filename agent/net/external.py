@@ -13,6 +13,7 @@ packet to an EIP reaches the guest through the router's gateway port and the bri
 security-group chains like any other. Shared SNAT is two steps: the router maps a guest without an EIP to its
 transit address, the external namespace maps transit addresses to the host's external address. Unbinding an EIP
 removes its rules, routes and proxy entry and flushes its conntrack entries, so established connections end too.
+An EIP that arrives is announced with a gratuitous ARP (`garp`), so an EIP moved from another host works at once.
 
 `ExternalNetwork` is driven by `HostNetwork`, under its lock: `plumb_vpc` from `ensure_network`, `unplumb_vpc`
 from `delete_network`, `set_spec` for a controller push. The desired state and the transit link allocation live
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import NetworkError
-from agent.net import links, names, nat, proc, router
+from agent.net import garp, links, names, nat, proc, router
 from agent.net.files import write_atomically
 from agent.net.router import Router
 from agent.schemas import ExternalSpec, FloatingIpSpec
@@ -116,11 +117,13 @@ class ExternalNetwork:
     def check(self) -> None:
         for tool in ("conntrack", "iptables-restore", "ip"):
             proc.which(tool)
-        with links.netlink() as host:
-            if links.index(host, self.config.device) is None:
-                raise NetworkError(
-                    f"the external device {self.config.device} (LABCLOUD_AGENT_EXTERNAL_DEV) does not exist here"
-                )
+        # `ip`, not netlink: this runs in the agent's start-up, inside an event loop pyroute2 cannot share.
+        try:
+            proc.run(["ip", "-o", "link", "show", "dev", self.config.device])
+        except NetworkError:
+            raise NetworkError(
+                f"the external device {self.config.device} (LABCLOUD_AGENT_EXTERNAL_DEV) does not exist here"
+            ) from None
 
     def set_spec(self, spec: ExternalSpec, routers: dict[str, Router]) -> bool:
         """Store and apply a controller push; False if it is older than what the host has (ignored)."""
@@ -267,6 +270,8 @@ class ExternalNetwork:
             proc.run(proc.in_netns(ns, ["ip", "neigh", "del", "proxy", ip, "dev", nat.EXTERNAL_DEV]))
         for ip in sorted(wanted - present):
             proc.run(proc.in_netns(ns, ["ip", "neigh", "add", "proxy", ip, "dev", nat.EXTERNAL_DEV]))
+        # An EIP new here may have lived on another host a moment ago: make the segment's neighbours forget it.
+        garp.announce(ns, nat.EXTERNAL_DEV, wanted - present)
 
     def _flush(self, eip: str, rtr: Router | None, holder: Router) -> None:
         """End the connections of an EIP that went: its conntrack entries in its router and in the external ns."""

@@ -16,9 +16,13 @@ Everything lives under one state directory (``LABCLOUD_AGENT_STATE_DIR``)::
         exports/                      0755
             <export_id>.qcow2               a server's root disk flattened for a new image, kept until the
                                             controller has copied it into its image store and deletes it
+            move-<volume_id>.qcow2          a hard link of a volume moving to another host, which fetches it;
+                                            removed when the move ends
         backups/                      0755
             <backup_id>.qcow2               CBR disk backup staged until it is uploaded to the controller
             .restore-<token>-<disk>.part    a backup downloaded for a restore, removed once applied
+            .move-<volume_id>.part          a volume fetched from another host, renamed into volumes/ once its
+                                            sha256 is checked
             .<name>.part                    half-written copies and downloads; removed at agent start
         snapshots/                    0755
             <snapshot_id>.qcow2             EVS snapshot: a standalone qcow2 copy of one volume at one

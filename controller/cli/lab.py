@@ -2,7 +2,9 @@
 
 `up` builds the fabric (`lab_plan` draws it), then starts the controller in its namespace, listening on the
 underlay, and in every host namespace a private libvirtd (as `labcloud up` does: own mount namespace and socket)
-and an agent with its own home, host id, zone and underlay address. The external namespace only gets an address.
+and an agent with its own home, host id, zone and underlay address. The fabric doubles as the external network:
+the external namespace (its gateway) stands for the LAN / internet, every host's agent gets an address on it
+(through a macvlan of its ul0) and the controller hands out EIPs from `EXTERNAL_POOL`.
 Nothing is created in the root namespace. `down` purges every member with `labcloud down --purge` run inside its
 namespace (guests, routers, dnsmasq), kills whatever is left that belongs to the lab, deletes the namespaces and
 the directory, and reports what it had to clean up.
@@ -34,6 +36,8 @@ from controller.cli.image import ensure_image, seed_image_from_env
 from controller.cli.lab_plan import (
     AGENT_PORT,
     CONTROLLER_PORT,
+    EXTERNAL_ADDR,
+    EXTERNAL_POOL,
     FABRIC_BRIDGE,
     MEMBER_DEV,
     UNDERLAY,
@@ -152,6 +156,9 @@ def start_controller(lab: LabPlan, image: Path, timeout: float) -> None:
         LABCLOUD_LISTEN_HOST=member.address,
         LABCLOUD_LISTEN_PORT=str(CONTROLLER_PORT),
         LABCLOUD_SEED_IMAGE=str(image),
+        LABCLOUD_EXTERNAL_CIDR=str(UNDERLAY),
+        LABCLOUD_EXTERNAL_POOL=EXTERNAL_POOL,
+        LABCLOUD_EXTERNAL_GATEWAY=EXTERNAL_ADDR,
     )
     daemon.spawn(
         netns.exec_argv(member.ns, [sys.executable, "-m", "controller"]),
@@ -170,22 +177,32 @@ def start_controller(lab: LabPlan, image: Path, timeout: float) -> None:
 
 
 def start_host(lab: LabPlan, member: Member) -> None:
-    assert member.home is not None and lab.controller.home is not None
+    assert member.home is not None
     home = Home(member.home)
     home.ensure()
+    NamespacedLibvirtd(member.ns, home).start(daemon_env(home.root))
+    start_agent(lab, member)
+
+
+def start_agent(lab: LabPlan, member: Member) -> None:
+    """A host's agent, in its namespace; also to start it again after it stopped or was killed (its stored
+    specs and the controller bring the host back to what it should be)."""
+    assert member.home is not None and lab.controller.home is not None
+    home = Home(member.home)
     env = daemon_env(home.root)
-    libvirtd = NamespacedLibvirtd(member.ns, home)
-    libvirtd.start(env)
     env.update(
         LABCLOUD_AGENT_CONTROLLER_URL=lab.controller_url,
         LABCLOUD_AGENT_JOIN_TOKEN=Home(lab.controller.home).join_token.read_text().strip(),
-        LABCLOUD_AGENT_LIBVIRT_URI=libvirtd.uri,
+        LABCLOUD_AGENT_LIBVIRT_URI=NamespacedLibvirtd(member.ns, home).uri,
         LABCLOUD_AGENT_STATE_DIR=str(home.agent_state),
         LABCLOUD_AGENT_LISTEN_HOST=member.address,
         LABCLOUD_AGENT_LISTEN_PORT=str(AGENT_PORT),
         LABCLOUD_AGENT_HOST_ID=member.name,
         LABCLOUD_AGENT_AVAILABILITY_ZONE=member.zone or "",
         LABCLOUD_AGENT_UNDERLAY_IP=member.address,
+        LABCLOUD_AGENT_EXTERNAL_DEV=MEMBER_DEV,
+        LABCLOUD_AGENT_EXTERNAL_IP=f"{member.external_ip}/{UNDERLAY.prefixlen}",
+        LABCLOUD_AGENT_EXTERNAL_GATEWAY=EXTERNAL_ADDR,
     )
     daemon.spawn(
         netns.exec_argv(member.ns, [sys.executable, "-m", "agent"]),

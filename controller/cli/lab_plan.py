@@ -23,6 +23,10 @@ UNDERLAY_MTU = 1550
 EXTERNAL_ADDR = "10.254.0.1"
 CONTROLLER_ADDR = "10.254.0.2"
 FIRST_HOST_OCTET = 11
+# The fabric is also the external network (the external namespace at .1 stands for the LAN / internet and is its
+# gateway): each host's external namespace gets .50+n on a macvlan of its ul0, EIPs come from .100-.199.
+EXTERNAL_HOST_OCTET = 50
+EXTERNAL_POOL = "10.254.0.100-10.254.0.199"
 MAX_HOSTS = 16
 CONTROLLER_PORT = 8778
 AGENT_PORT = 8779
@@ -44,6 +48,7 @@ class Member:
     address: str
     home: Path | None  # LABCLOUD_HOME of what runs there (None for the external namespace)
     zone: str | None = None
+    external_ip: str | None = None  # a host's address on the external network (shared SNAT leaves with it)
 
     @property
     def fabric_port(self) -> str:
@@ -102,6 +107,7 @@ def plan(lab_id: str, root: Path, hosts: int, azs: int = 1) -> LabPlan:
             address=str(UNDERLAY.network_address + FIRST_HOST_OCTET + n - 1),
             home=root / f"h{n}",
             zone=zone_name((n - 1) % azs),
+            external_ip=str(UNDERLAY.network_address + EXTERNAL_HOST_OCTET + n),
         )
         for n in range(1, hosts + 1)
     )

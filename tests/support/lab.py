@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ from huaweicloudsdkecs.v2 import EcsClient
 from huaweicloudsdkims.v2 import ImsClient
 from huaweicloudsdkvpc.v2 import VpcClient
 
+from controller.cli import daemon
+from controller.cli import lab as lab_cli
+from controller.cli.home import Home
 from controller.cli.lab_plan import UNDERLAY, LabPlan, plan
 from tests.support import netns
 from tests.support.cloud import LABCLOUD, InNamespace, leftover_processes
@@ -110,6 +114,23 @@ class Lab:
         """/proc/<pid>/ns/net of the VPC's router namespace on a host (from the agent's record)."""
         record = json.loads((self.agent_state(member) / "net" / vpc_id / "network.json").read_text())
         return f"/proc/{record['router']['pid']}/ns/net"
+
+    def kill_agent(self, member: str) -> None:
+        """`kill -9` a host's agent: its guests, bridges, routers and rules stay, as after a crash."""
+        home = Home(self.home_of(member))
+        pid = daemon.running_pid(home.pid_file("agent"), home.root)
+        assert pid is not None, f"the agent of {member} is not running"
+        os.kill(pid, signal.SIGKILL)
+        assert daemon.wait_gone(pid, 30.0), f"the agent of {member} (pid {pid}) survived SIGKILL"
+
+    def start_agent(self, member: str) -> None:
+        """Start a host's agent again, as `labcloud lab up` started it."""
+        lab_cli.start_agent(self.lab, self.lab.member(member))
+
+    def home_of(self, member: str) -> Path:
+        home = self.lab.member(member).home
+        assert home is not None
+        return home
 
     def entered(self) -> AbstractContextManager[None]:
         return netns.entered(self.ns("ctl"))

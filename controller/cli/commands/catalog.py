@@ -9,6 +9,7 @@ import argparse
 from typing import Any
 
 from controller.cli.client import ApiClient
+from controller.cli.commands import flavors as flavor_commands
 from controller.cli.commands import images as image_commands
 from controller.cli.context import CliContext
 from controller.cli.errors import CliError
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     flavor = sub.add_parser("flavor", help="flavors")
     flavor_verbs = flavor.add_subparsers(dest="verb", required=True, metavar="VERB")
     flavor_verbs.add_parser("list", help="list flavors").set_defaults(func=list_flavors)
+    flavor_commands.register_verbs(flavor_verbs)
 
 
 def images(client: ApiClient) -> list[dict[str, Any]]:

@@ -67,7 +67,8 @@ def server_row(server: dict[str, Any]) -> list[Any]:
         flavor.get("name") or flavor.get("id"),
         server.get("key_name") or "-",
         server.get("OS-EXT-AZ:availability_zone"),
+        server.get("OS-EXT-SRV-ATTR:host") or "-",
     ]
 
 
-SERVER_HEADERS = ["ID", "NAME", "STATUS", "IP", "FLAVOR", "KEY", "AZ"]
+SERVER_HEADERS = ["ID", "NAME", "STATUS", "IP", "FLAVOR", "KEY", "AZ", "HOST"]

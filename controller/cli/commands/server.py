@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="PASS",
         help="set root's password (a generated one is printed when PASS is left out)",
     )
-    create.add_argument("--availability-zone", metavar="AZ")
+    create.add_argument(
+        "--az", "--availability-zone", dest="availability_zone", metavar="ZONE", help="the zone to place it in"
+    )
     create.add_argument("--wait", action="store_true", help="wait until the servers are ACTIVE (or failed)")
     create.set_defaults(func=create_servers)
     verbs.add_parser("list", help="list servers").set_defaults(func=list_servers)

@@ -186,9 +186,45 @@ def test_a_guest_cannot_claim_another_address_or_mac_over_arp(sandbox: Sandbox) 
     assert _sent(sandbox, g1, g3, eth_dst=g3mac, op=REPLY, **poison) == []
 
 
-def test_a_map_listed_in_hash_order_is_still_equal() -> None:
-    text = antispoof.render_table([_bound(_port(n)) for n in (1, 2, 3)])
-    line = next(line for line in text.splitlines() if "vmap" in line)
-    head, rest = line.split("vmap { ")
-    shuffled = head + "vmap { " + ", ".join(reversed(rest[:-2].split(", "))) + " }"
-    assert antispoof.canonical(text.replace(line, shuffled)) == text
+def test_a_listing_in_hash_and_creation_order_is_still_equal() -> None:
+    ports = [_bound(_port(n)) for n in (1, 2, 3)]
+    text = antispoof.render_table(ports)
+    jumps = [f'"{bp.tap}" : jump {antispoof.port_chain(bp.port.id)}' for bp in ports]
+    # nft lists a map's elements in hash order and chains in the order they were created.
+    listing = (
+        "table bridge lc-antispoof {\n\tchain port-7c000002000 {\n\t\tdrop\n\t}\n"
+        "\tmap ports {\n\t\ttype ifname : verdict\n"
+        f"\t\telements = {{ {jumps[2]},\n\t\t\t     {jumps[0]},\n\t\t\t     {jumps[1]} }}\n\t}}\n}}\n"
+    )
+    state = antispoof.parse_table(listing)
+    assert state.elements == frozenset(jumps)
+    assert state.maps == {"ports": ("type ifname : verdict",)}
+    assert state.chains == {"port-7c000002000": ("drop",)}
+    assert antispoof.parse_table(text) == antispoof.render_state(ports)
+    assert antispoof.canonical(text) == text
+
+
+def test_a_port_added_or_removed_is_one_element_and_one_chain() -> None:
+    one, two = _bound(_port(1)), _bound(_port(2))
+    before = antispoof.render_state([one])
+    after = antispoof.render_state([one, two])
+    chain = antispoof.port_chain(two.port.id)
+    update = antispoof.render_update(before, after)
+    assert update.splitlines()[0] == f"add chain bridge lc-antispoof {chain}"
+    assert f'add element bridge lc-antispoof ports {{ "{two.tap}" : jump {chain} }}' in update
+    assert "delete" not in update and "table" not in update.replace("lc-antispoof", "")
+    assert len(update.splitlines()) == 2 + len(after.chains[chain])
+    assert antispoof.render_update(after, before) == (
+        f'delete element bridge lc-antispoof ports {{ "{two.tap}" }}\n'
+        f"flush chain bridge lc-antispoof {chain}\ndelete chain bridge lc-antispoof {chain}\n"
+    )
+    assert antispoof.render_update(after, after) == ""
+
+
+def test_a_damaged_skeleton_or_no_table_replaces_the_whole_table() -> None:
+    state = antispoof.render_state([_bound(_port(1))])
+    text = antispoof.format_table(state)
+    assert antispoof.render_update(antispoof.TableState(), state) == antispoof.render_replace(text)
+    broken = antispoof.TableState(maps={}, elements=state.elements, chains=state.chains)
+    assert antispoof.render_update(broken, state) == antispoof.render_replace(text)
+    assert antispoof.render_update(state, antispoof.TableState()) == antispoof.render_replace("")

@@ -143,36 +143,36 @@ def test_ipsets_hold_the_ipv4_members_of_referenced_groups_only() -> None:
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [
-        (RuleSpec(id="a", direction="ingress"), "-j RETURN"),
-        (RuleSpec(id="a", direction="ingress", protocol="TCP"), "-p tcp -j RETURN"),
+        (RuleSpec(id="a", direction="ingress"), "-j ACCEPT"),
+        (RuleSpec(id="a", direction="ingress", protocol="TCP"), "-p tcp -j ACCEPT"),
         (
             RuleSpec(id="a", direction="ingress", protocol="6", port_range_min=1, port_range_max=65535),
-            "-p tcp -m tcp --dport 1:65535 -j RETURN",
+            "-p tcp -m tcp --dport 1:65535 -j ACCEPT",
         ),
         (
             RuleSpec(id="a", direction="ingress", protocol="udp", port_range_min=0, port_range_max=65535),
-            "-p udp -j RETURN",
+            "-p udp -j ACCEPT",
         ),
         (
             RuleSpec(id="a", direction="ingress", protocol="udp", port_range_min=53),
-            "-p udp -m udp --dport 53 -j RETURN",
+            "-p udp -m udp --dport 53 -j ACCEPT",
         ),
-        (RuleSpec(id="a", direction="ingress", protocol="icmp"), "-p icmp -j RETURN"),
+        (RuleSpec(id="a", direction="ingress", protocol="icmp"), "-p icmp -j ACCEPT"),
         (
             RuleSpec(id="a", direction="ingress", protocol="icmp", port_range_min=0),
-            "-p icmp -m icmp --icmp-type 0 -j RETURN",
+            "-p icmp -m icmp --icmp-type 0 -j ACCEPT",
         ),
         (
             RuleSpec(id="a", direction="egress", protocol="any", remote_ip_prefix="10.1.2.3"),
-            "-d 10.1.2.3/32 -j RETURN",
+            "-d 10.1.2.3/32 -j lc-EGRESS-OK",
         ),
         (
             RuleSpec(id="a", direction="egress", remote_group_id="abc"),
-            "-m set --match-set lcg-abc dst -j RETURN",
+            "-m set --match-set lcg-abc dst -j lc-EGRESS-OK",
         ),
         (
             RuleSpec(id="a", direction="ingress", remote_ip_prefix="0.0.0.0/0", remote_group_id="abc"),
-            "-m set --match-set lcg-abc src -j RETURN",
+            "-m set --match-set lcg-abc src -j ACCEPT",
         ),
     ],
 )
@@ -277,7 +277,7 @@ def test_parse_ipset_save_keeps_only_our_sets() -> None:
     assert rules.parse_ipset_save(saved) == {"lcg-a": frozenset({"10.0.0.1"}), "lcn-a": frozenset()}
 
 
-def test_restore_mentions_only_the_chains_that_differ() -> None:
+def test_a_rule_change_rewrites_only_its_group_chain() -> None:
     ports = [_port(1, [DEFAULT_SG]), _port(2, [DEFAULT_SG])]
     before = rules.render_ruleset(ports, [_default_group()])
     web = _default_group().model_copy(
@@ -286,6 +286,58 @@ def test_restore_mentions_only_the_chains_that_differ() -> None:
     after = rules.render_ruleset(ports, [web])
     current = rules.FilterState(chains=before.chains, forward=(f"-A FORWARD {JUMP}",))
     text = rules.render_restore(after.chains, current)
-    declared = sorted(line[1:].split()[0] for line in text.splitlines() if line.startswith(":"))
-    assert declared == sorted(names.ingress_chain(bp.port.id) for bp in ports)
+    chain = names.group_ingress_chain(DEFAULT_SG)
+    assert text == (
+        f"*filter\n:{chain} - [0:0]\n"
+        f"-A {chain} -m set --match-set lcg-de000000000 src -j ACCEPT\n-A {chain} -p udp -j ACCEPT\nCOMMIT\n"
+    )
     assert rules.render_restore(before.chains, current) == "*filter\nCOMMIT\n"
+
+
+def test_the_kernel_holds_each_group_rule_once_however_many_ports_use_it() -> None:
+    group = _web_group()
+    for count in (1, 9):
+        ruleset = rules.render_ruleset([_port(n, [WEB_SG]) for n in range(1, count + 1)], [group])
+        group_lines = [
+            line for lines in ruleset.chains.values() for line in lines if "--dport 8000:8100" in line
+        ]
+        assert len(group_lines) == 1
+
+
+def test_a_new_port_is_its_own_chains_plus_dispatch_lines_inserted_in_place() -> None:
+    ports = [_port(n, [DEFAULT_SG]) for n in (1, 2, 4, 5, 6, 7, 8, 9)]
+    before = rules.render_ruleset(ports, [_default_group()])
+    new = _port(3, [DEFAULT_SG])
+    after = rules.render_ruleset([*ports, new], [_default_group()])
+    current = rules.FilterState(chains=before.chains, forward=(f"-A FORWARD {JUMP}",))
+    text = rules.render_restore(after.chains, current)
+    declared = sorted(line[1:].split()[0] for line in text.splitlines() if line.startswith(":"))
+    assert declared == sorted([names.ingress_chain(new.port.id), names.egress_chain(new.port.id)])
+    tap, ingress = new.tap, names.ingress_chain(new.port.id)
+    assert f"-I lc-INGRESS 3 -m physdev --physdev-out {tap} --physdev-is-bridged -g {ingress}\n" in text
+    assert sum(line.startswith(("-I ", "-D ")) for line in text.splitlines()) == 2
+
+    # And back: the port's dispatch lines deleted by rule, its chains emptied and deleted, nothing else.
+    back = rules.render_restore(
+        before.chains, rules.FilterState(chains=after.chains, forward=current.forward)
+    )
+    assert f"-D lc-INGRESS -m physdev --physdev-out {tap} --physdev-is-bridged -g {ingress}\n" in back
+    assert f"-X {ingress}\n" in back and "-A " not in back and "-I " not in back
+
+
+def test_edits_applied_in_order_give_the_desired_chain() -> None:
+    """The -D/-I lines, replayed as iptables applies them, produce exactly the desired chain (pure check)."""
+    current = tuple(f"-A c -j x{n}" for n in range(20))
+    kept = [line for line in current if line not in ("-A c -j x0", "-A c -j x7")]
+    desired = (*kept[:3], "-A c -j z", *kept[3:], "-A c -j y")
+    text = rules.render_restore(
+        {"c": desired}, rules.FilterState(chains={"c": current}, forward=(f"-A FORWARD {JUMP}",))
+    )
+    chain = list(current)
+    for line in text.splitlines():
+        words = line.split(" ", 3)
+        if words[0] == "-D":
+            chain.remove(f"-A c {line.split(' ', 2)[2]}")
+        elif words[0] == "-I":
+            chain.insert(int(words[2]) - 1, f"-A c {words[3]}")
+    assert tuple(chain) == desired and ":c - [0:0]" not in text

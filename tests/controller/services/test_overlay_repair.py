@@ -81,7 +81,7 @@ def test_a_host_that_missed_overlay_pushes_is_repaired_by_the_reconciler(
     assert _reported(h2) == {net.vpc_id: OverlaySpec(peers=[H1_VTEP], remote_ports=[_port(api, a)]).digest()}
 
     report = run_once(api.ctx)
-    assert report.overlays_repaired == [f"h1/{net.vpc_id}"]
+    assert report.overlays_repaired == [f"{h1.host_id}/{net.vpc_id}"]
     assert _reported(h1) == {net.vpc_id: want_h1.digest()}
     assert run_once(api.ctx).overlays_repaired == []  # converged: no push at all
 
@@ -94,7 +94,9 @@ def test_a_host_that_missed_overlay_pushes_is_repaired_by_the_reconciler(
     agents.serve_again(h1)
     assert _reported(h1) == {net.vpc_id: want_h1.digest()}
     report = run_once(api.ctx)
-    assert sorted(report.overlays_repaired) == [f"h1/{net.vpc_id}", f"h2/{net.vpc_id}"]
+    assert sorted(report.overlays_repaired) == sorted(
+        [f"{h1.host_id}/{net.vpc_id}", f"{h2.host_id}/{net.vpc_id}"]
+    )
     assert _reported(h1) == {net.vpc_id: OverlaySpec().digest()}
     assert _reported(h2) == {net.vpc_id: OverlaySpec().digest()}
     assert run_once(api.ctx).overlays_repaired == []
