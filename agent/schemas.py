@@ -320,6 +320,7 @@ class HostInfo(BaseModel):
     availability_zone: str = "lab-1a"
     servers: list[ServerState] = Field(default_factory=list)
     underlay_ip: str | None = None  # this host's VTEP address; None: single-host, no overlay
+    external_ip: str | None = None  # this host's address on the external network; None: it cannot serve EIPs
     # VPC id -> `OverlaySpec.digest()` of the overlay view this host applies, for every VPC network it has;
     # the reconciler pushes a fresh view where it differs from the controller's (a host that missed a push).
     overlays: dict[str, str] = Field(default_factory=dict)

@@ -754,6 +754,7 @@ class AgentService:
             disk_gib=shutil.disk_usage(self.state_dir).total // GIB,
             availability_zone=self.settings.availability_zone,
             underlay_ip=getattr(self._network, "underlay_ip", None),
+            external_ip=getattr(self._network, "external_ip", None),
             overlays={vpc_id: view.digest() for vpc_id, view in self._network.overlay_views().items()},
             servers=[
                 ServerState(id=sid, power=power, accelerator=self.accelerator)

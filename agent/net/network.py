@@ -83,6 +83,7 @@ class HostNetwork:
         self._owner = str(self._store.root)
         # EIPs and shared SNAT (`external`); None: this host has no external network.
         self._external = ExternalNetwork(self._store.root, self._owner, external) if external else None
+        self.external_ip = str(external.address.ip) if external else None  # reported to the controller
         self._firewall = Firewall()
         self._lock = threading.RLock()
         self._checked = False
@@ -294,7 +295,18 @@ class HostNetwork:
         if dhcp and Dnsmasq(spec.vpc_id, self._store.dhcp_files(spec.vpc_id)).pid(ready[1]) is None:
             return False  # killed behind our back: the full ensure starts it again
         with links.netlink() as host:
-            return links.index(host, names.bridge_name(spec.vpc_id)) is not None
+            if links.index(host, names.bridge_name(spec.vpc_id)) is None:
+                return False
+            return self._overlay_intact(host, spec)
+
+    def _overlay_intact(self, host: IPRoute, spec: NetworkSpec) -> bool:
+        """The VXLAN port is there and floods to exactly the peers: one deleted or an fdb entry changed behind
+        our back makes the next ensure (the housekeeping's) plumb the overlay again."""
+        if self.underlay_ip is None:
+            return True
+        idx = links.index(host, names.vxlan_name(spec.vpc_id))
+        wanted = set(spec.overlay.peers) - {self.underlay_ip}
+        return idx is not None and links.flood_peers(host, idx) == wanted
 
     def _live_router(self, vpc_id: str, record: NetworkRecord | None) -> Router | None:
         if (
@@ -460,10 +472,13 @@ class NullNetwork:
     keeps them): for simulated hosts on libvirt's test driver. With an `underlay_ip` it reports those views
     like a multi-host agent does."""
 
-    def __init__(self, state_dir: Path | None = None, underlay_ip: str | None = None) -> None:
+    def __init__(
+        self, state_dir: Path | None = None, underlay_ip: str | None = None, external_ip: str | None = None
+    ) -> None:
         self._networks: set[str] = set()
         self._overlays: dict[str, OverlaySpec] = {}
         self.underlay_ip = underlay_ip
+        self.external_ip = external_ip  # reported, so the controller lets EIPs bind here; nothing is plumbed
 
     def check(self) -> None:
         return None

@@ -8,9 +8,10 @@ puts each existing tap back on its VPC's bridge; a tap already there is left alo
 
 from __future__ import annotations
 
+import json
 import logging
 
-from agent.net import links, names
+from agent.net import links, names, proc
 from agent.net.ports import BoundPort
 
 log = logging.getLogger(__name__)
@@ -25,15 +26,27 @@ def reattach(ports: list[BoundPort]) -> list[str]:
     if not ports:
         return []
     moved: list[str] = []
+    # One `ip -j link` rather than a netlink dump through pyroute2, whose decoding of every attribute of every
+    # link costs a second or more with hundreds of taps: this runs on every sync (and housekeeping).
+    found = {
+        link["ifname"]: link.get("master") for link in json.loads(proc.run(["ip", "-j", "link"]) or "[]")
+    }
+    stray = [
+        bp
+        for bp in ports
+        if bp.tap in found
+        and names.bridge_name(bp.port.vpc_id) in found
+        and found[bp.tap] != names.bridge_name(bp.port.vpc_id)
+    ]
+    if not stray:
+        return moved
     with links.netlink() as host:
-        # One dump of every link rather than two lookups per port: this runs on every sync (and housekeeping).
-        found = {link.get("ifname"): (link["index"], link.get("master")) for link in host.get_links()}
-        for bp in ports:
+        for bp in stray:
             bridge_name = names.bridge_name(bp.port.vpc_id)
-            tap, bridge = found.get(bp.tap), found.get(bridge_name)
-            if tap is None or bridge is None or tap[1] == bridge[0]:
+            tap, bridge = links.index(host, bp.tap), links.index(host, bridge_name)
+            if tap is None or bridge is None:
                 continue
-            host.link("set", index=tap[0], master=bridge[0], state="up")
+            host.link("set", index=tap, master=bridge, state="up")
             moved.append(bp.tap)
             log.warning("tap %s was not on bridge %s: put back", bp.tap, bridge_name)
     return moved

@@ -72,6 +72,7 @@ def register_host(info: HostInfo, request: Request, token: HostToken) -> dict[st
         host.vcpus, host.memory_mib, host.disk_gib = info.vcpus, info.memory_mib, info.disk_gib
         host.availability_zone = info.availability_zone
         host.underlay_ip = info.underlay_ip
+        host.external_ip = info.external_ip
         if info.agent_token:
             host.agent_token = info.agent_token
         host.last_heartbeat = utcnow()

@@ -25,4 +25,6 @@ class Eip(SQLModel, table=True):
     bandwidth_name: str = ""
     bandwidth_size: int = 5  # Mbit/s; recorded as asked, not enforced
     bandwidth_share_type: str = "PER"
+    # Set when a server create bound it (`publicip.delete_on_termination`): deleting that server releases it.
+    delete_on_termination: bool = False
     created_at: datetime = Field(default_factory=utcnow, index=True)

@@ -27,3 +27,5 @@ class Host(SQLModel, table=True):
     last_heartbeat: datetime = Field(default_factory=utcnow)
     # The agent's VTEP address on the underlay (VXLAN between hosts); None: a single host without overlay.
     underlay_ip: str | None = None
+    # The agent's address on the external network; None: the host has none, so no EIP can be bound to its ports.
+    external_ip: str | None = None

@@ -42,6 +42,7 @@ PORT_NOT_FOUND = "VPC.1302"
 EIP_IN_USE = "VPC.1303"
 POOL_EXHAUSTED = "VPC.1304"
 NO_EXTERNAL = "VPC.1305"
+HOST_WITHOUT_EXTERNAL = "VPC.1306"
 TYPES = ("5_bgp", "5_sbgp")
 SHARE_TYPES = ("PER", "WHOLE")
 MAX_BANDWIDTH = 2000  # Mbit/s, Huawei's ceiling for a dedicated bandwidth
@@ -215,7 +216,10 @@ def bind(session: Session, project_id: str, eip: Eip, port_id: str | None) -> tu
         taken = session.exec(select(Eip).where(Eip.port_id == port_id)).first()
         if taken is not None:
             raise Conflict(f"Port {port_id} already has the EIP {taken.public_ip_address}", code=EIP_IN_USE)
+        _check_host_has_external(session, port)
     eip.port_id = port_id
+    if port_id is None:
+        eip.delete_on_termination = False  # it belonged to that server's life only while bound to it
     session.add(eip)
     try:
         session.flush()
@@ -223,6 +227,21 @@ def bind(session: Session, project_id: str, eip: Eip, port_id: str | None) -> tu
         raise Conflict(f"Port {port_id} already has an EIP", code=EIP_IN_USE) from None
     log.info("EIP %s (%s): port %s -> %s", eip.id, eip.public_ip_address, before, port_id)
     return before, port_id
+
+
+def _check_host_has_external(session: Session, port: Port) -> None:
+    """409 when the port's server runs on a host without an external network: the EIP would never work there.
+    A server not placed yet passes (its create pushes the host its EIPs once it runs)."""
+    server = session.get(Server, port.server_id) if port.server_id else None
+    if server is None or server.host_id is None:
+        return
+    host = session.get(Host, server.host_id)
+    if host is None or not host.external_ip:
+        raise Conflict(
+            f"Port {port.id} is on host {server.host_id}, which has no external network "
+            "(LABCLOUD_AGENT_EXTERNAL_DEV / _EXTERNAL_IP): an EIP cannot work there",
+            code=HOST_WITHOUT_EXTERNAL,
+        )
 
 
 def delete_eip(session: Session, project_id: str, eip_id: str) -> None:
@@ -236,23 +255,18 @@ def delete_eip(session: Session, project_id: str, eip_id: str) -> None:
 
 def release_for_server(session: Session, server_id: str, *, delete: bool) -> list[str]:
     """Unbind the EIPs of a server's ports (it is being deleted), and delete them with `delete`
-    (`delete_publicip`); returns their addresses."""
+    (`delete_publicip`) or when a create bound them with `delete_on_termination`; returns their addresses."""
     ports = select(Port.id).where(Port.server_id == server_id)
     eips = list(session.exec(select(Eip).where(col(Eip.port_id).in_(ports))).all())
     for eip in eips:
-        if delete:
+        if delete or eip.delete_on_termination:
             session.delete(eip)
+            log.info("server %s: EIP %s released", server_id, eip.public_ip_address)
         else:
             eip.port_id = None
             session.add(eip)
+            log.info("server %s: EIP %s unbound", server_id, eip.public_ip_address)
     session.flush()
-    if eips:
-        log.info(
-            "server %s: EIPs %s %s",
-            server_id,
-            [e.public_ip_address for e in eips],
-            "released" if delete else "unbound",
-        )
     return [e.public_ip_address for e in eips]
 
 

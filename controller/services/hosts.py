@@ -37,6 +37,7 @@ def host_view(host: Host, dead_after: float) -> dict[str, Any]:
         "disk_gib": host.disk_gib,
         "availability_zone": host.availability_zone,
         "underlay_ip": host.underlay_ip,
+        "external_ip": host.external_ip,
         "enabled": host.enabled,
         "disabled_reason": host.disabled_reason,
         "state": host_state(host, dead_after),

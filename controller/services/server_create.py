@@ -17,11 +17,13 @@ import re
 import string
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from controller.auth.deps import Caller
+from controller.config import Settings
 from controller.context import ControllerContext
 from controller.db import session_scope
 from controller.errors import BadRequest
@@ -41,6 +43,7 @@ from controller.services import (
     networks,
     quotas,
     server_groups,
+    server_publicip,
 )
 from controller.state import transition
 
@@ -74,6 +77,7 @@ class _Checked:
     names: list[str]
     user_data: str | None  # base64 as received; validated
     root_size: int | None
+    publicip: server_publicip.PublicipRequest | None = None
 
 
 def create_servers(
@@ -116,8 +120,10 @@ def _create(
     req = body.server
     with session_scope(ctx.engine) as session:
         refs = _resolve(session, caller.project_id, req, ctx.settings.default_availability_zone)
+        if checked.publicip is not None:
+            server_publicip.check_existing(session, caller.project_id, checked.publicip, len(checked.names))
         root_size = _root_size(checked.root_size, refs.image, refs.flavor)
-        result = _insert(session, caller, req, checked, refs, root_size, request_id)
+        result = _insert(session, caller, req, checked, refs, root_size, request_id, ctx.settings)
         if req.scheduler_hints is not None and req.scheduler_hints.group is not None:
             server_groups.add_members(
                 session, caller.project_id, req.scheduler_hints.group, result.server_ids
@@ -162,8 +168,7 @@ def _check_body(req: ServerIn, max_count: int) -> _Checked:
     names = _names(req.name, req.count, req.is_auto_rename)
     if req.data_volumes:
         raise BadRequest("data_volumes are not supported yet: create the server, then attach EVS volumes")
-    if req.publicip is not None:
-        raise BadRequest("publicip is not supported yet: create the server, then bind an EIP to its port")
+    publicip = server_publicip.parse(req.publicip) if req.publicip is not None else None
     charging = (req.extendparam or {}).get("chargingMode")
     if charging not in (None, "postPaid", 0, "0"):
         raise BadRequest("Only pay-per-use (chargingMode postPaid) servers are supported")
@@ -189,7 +194,7 @@ def _check_body(req: ServerIn, max_count: int) -> _Checked:
     _check_user_data(req.user_data)
     _check_metadata(req.metadata)
     _check_tags(req)
-    return _Checked(names=names, user_data=req.user_data, root_size=size)
+    return _Checked(names=names, user_data=req.user_data, root_size=size, publicip=publicip)
 
 
 def _names(name: str, count: int, auto_rename: bool) -> list[str]:
@@ -325,6 +330,7 @@ def _insert(
     refs: _Refs,
     root_size: int,
     request_id: str,
+    settings: Settings,
 ) -> CreateResult:
     parent = new_job(caller.project_id, CREATE_JOB, request_id=request_id)
     session.add(parent)
@@ -368,12 +374,17 @@ def _insert(
                 server_id=server.id,
                 device_owner=f"compute:{refs.availability_zone}",
             )
+        payload: dict[str, Any] = {"server_id": server.id, "zone_requested": refs.zone_requested}
+        if checked.publicip is not None:  # an EIP for it: allocated now, bound by the job once it runs
+            payload["publicip"] = server_publicip.reserve(
+                session, settings, caller.project_id, checked.publicip
+            )
         session.add(
             new_job(
                 caller.project_id,
                 CREATE_ONE_JOB,
                 parent_id=parent.id,
-                payload={"server_id": server.id, "zone_requested": refs.zone_requested},
+                payload=payload,
                 entities={"server_id": server.id},
                 request_id=request_id,
             )

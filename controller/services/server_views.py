@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from controller.errors import BadRequest
 from controller.models.common import iso_z, utcnow
+from controller.models.eip import Eip
 from controller.models.flavor import Flavor
 from controller.models.host import Host
 from controller.models.network import Port, SecurityGroup
@@ -57,6 +58,7 @@ class Related:
     hosts: dict[str, Host]
     host_dead_seconds: float
     volumes: dict[str, list[Volume]] = field(default_factory=dict)
+    floating: dict[str, str] = field(default_factory=dict)  # port id -> the EIP bound to it
 
 
 def hostname_of(name: str, server_id: str) -> str:
@@ -90,7 +92,17 @@ def load_related(session: Session, servers: list[Server], host_dead_seconds: flo
         hosts=_by_id(session, Host, host_ids),
         host_dead_seconds=host_dead_seconds,
         volumes=attached_volumes(session, ids),
+        floating=_floating(session, [p.id for group in ports.values() for p in group]),
     )
+
+
+def _floating(session: Session, port_ids: list[str]) -> dict[str, str]:
+    if not port_ids:
+        return {}
+    rows = session.exec(
+        select(Eip.port_id, Eip.public_ip_address).where(col(Eip.port_id).in_(port_ids))
+    ).all()
+    return {port_id: address for port_id, address in rows if port_id}
 
 
 def _by_id(session: Session, model: Any, ids: set[str]) -> dict[str, Any]:
@@ -115,6 +127,18 @@ def server_detail(server: Server, related: Related) -> dict[str, Any]:
                 "primary": index == 0,
             }
         )
+        eip = related.floating.get(port.id)
+        if eip is not None:  # Nova's and Huawei's shape: the EIP is one more address of the port's network
+            addresses[port.vpc_id].append(
+                {
+                    "version": "4",
+                    "addr": eip,
+                    "OS-EXT-IPS:type": "floating",
+                    "OS-EXT-IPS-MAC:mac_addr": port.mac_address,
+                    "OS-EXT-IPS:port_id": port.id,
+                    "primary": False,
+                }
+            )
     detail: dict[str, Any] = {
         "id": server.id,
         "name": server.name,

@@ -39,6 +39,7 @@ from controller.models.server import Server
 from controller.models.snapshot import Snapshot
 from controller.models.volume import Volume
 from controller.services.hosts import host_state
+from controller.services.servers import AGENT_UNREACHABLE
 from controller.services.snapshot_state import DELETED as SNAPSHOT_DELETED
 from controller.services.volume_state import ATTACHING
 
@@ -122,7 +123,7 @@ def move_volume(jctx: JobContext, volume: Volume, source: str, target: str) -> N
         else:
             client = agent_for(jctx, source)
             if client is None:
-                raise JobFailed("Ecs.0006", f"host {source} is no longer registered")
+                raise JobFailed(AGENT_UNREACHABLE, f"host {source} is no longer registered")
             url, headers = client.export_download(export_id)
             fetch = VolumeFetch(
                 url=url, token=headers["Authorization"].removeprefix("Bearer "), checksum=export.checksum

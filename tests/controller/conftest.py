@@ -239,10 +239,12 @@ class AgentFactory:
         memory_mib: int = 8192,
         join_token: str | None = None,
         underlay_ip: str | None = None,
+        external_ip: str | None = None,
     ) -> AgentHost:
         """`join_token`: a per-host token to register with instead of the controller's shared one;
         `underlay_ip`: a VTEP address to report (nothing is plumbed: the network is a `NullNetwork`), so
-        the controller computes and pushes VPC overlay views to this host as to a multi-host agent."""
+        the controller computes and pushes VPC overlay views to this host as to a multi-host agent;
+        `external_ip`: an address on the external network to report, so EIPs may be bound to its ports."""
         token = join_token or self.api.ctx.join_token
         home = self.root / name
         home.mkdir()
@@ -270,7 +272,7 @@ class AgentFactory:
         service = AgentService(
             settings,
             host=LibvirtHost(settings.libvirt_uri),
-            network=NullNetwork(underlay_ip=underlay_ip),
+            network=NullNetwork(underlay_ip=underlay_ip, external_ip=external_ip),
             images=ImageCache(image_cache_dir(settings.state_dir), client=downloads),
             accelerator="tcg",
         )

@@ -119,6 +119,8 @@ class Guest:
         loop = (
             f"for i in $(seq {tries}); do s=$(date +%s); out=$({feed} nc -w {CONNECT_TIMEOUT_S} {ip} {port} "
             f"{close} 2>/dev/null); rc=$?; [ $rc = 0 ] && break; sleep 2; done; "
+            # The first line only, printable: an SSH server follows its banner with binary key exchange.
+            "out=$(printf '%s\\n' \"$out\" | head -n 1 | tr -cd 'A-Za-z0-9._-'); "
             'echo "rc=$rc dt=$(( $(date +%s) - s )) out=$out"'
         )
         line = self.run(loop).strip().splitlines()[-1]

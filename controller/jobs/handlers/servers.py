@@ -24,7 +24,7 @@ from controller.jobs.worker import JobContext
 from controller.logs import request_id_var
 from controller.models.common import utcnow
 from controller.models.server import Server
-from controller.services import eips, ipam, overlay, volumes
+from controller.services import eips, ipam, overlay, server_publicip, volumes
 from controller.services.server_create import CREATE_ONE_JOB
 from controller.services.servers import (
     AGENT_FAILED,
@@ -67,6 +67,7 @@ def _create_failed(jctx: JobContext, code: str, reason: str) -> None:
     if freed:
         values["host_id"] = None
     with session_scope(jctx.engine) as session:
+        server_publicip.release_reserved(session, server.project_id, jctx.job.payload.get("publicip"))
         if freed:  # else the host may still serve the addresses (DHCP, firewall): the server keeps them
             ipam.release_ports(session, server.id)
         _land(session, server.id, transition("create").task_state, values)
@@ -112,8 +113,15 @@ def create_single_server(jctx: JobContext) -> dict[str, Any]:
     if state.power != "running":
         raise JobFailed(AGENT_FAILED, f"host {host_id} reports the new server {state.power}, not running")
     now = utcnow()
-    with session_scope(jctx.engine) as session:
-        done = _land(session, server.id, task, {"status": ACTIVE, "launched_at": now, "admin_pass": None})
+    publicip = jctx.job.payload.get("publicip")
+    try:
+        with session_scope(jctx.engine) as session:
+            done = _land(session, server.id, task, {"status": ACTIVE, "launched_at": now, "admin_pass": None})
+            if done and publicip:  # in the same transaction: a server that cannot have its EIP is not ACTIVE
+                address = server_publicip.bind_to_server(session, server.project_id, server.id, publicip)
+                log.info("server %s: EIP %s bound", server.id, address)
+    except ApiError as exc:
+        raise JobFailed(exc.code, f"cannot bind the EIP of server {server.id}: {exc.message}") from exc
     if not done:
         raise JobFailed(SERVER_BUSY, f"server {server.id} changed while it was being built")
     log.info("server %s ACTIVE on host %s", server.id, host_id)

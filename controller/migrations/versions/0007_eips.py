@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("bandwidth_name", sa.String(), nullable=False),
         sa.Column("bandwidth_size", sa.Integer(), nullable=False),
         sa.Column("bandwidth_share_type", sa.String(), nullable=False),
+        sa.Column("delete_on_termination", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("port_id"),
@@ -42,9 +43,13 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("quota") as batch:
         batch.add_column(sa.Column("eips", sa.Integer(), nullable=True))
+    with op.batch_alter_table("host") as batch:
+        batch.add_column(sa.Column("external_ip", sa.String(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("host") as batch:
+        batch.drop_column("external_ip")
     with op.batch_alter_table("quota") as batch:
         batch.drop_column("eips")
     with op.batch_alter_table("vpc") as batch:

@@ -17,7 +17,11 @@ from huaweicloudsdkecs.v2 import (
     DeleteServersRequest,
     DeleteServersRequestBody,
     ListServerInterfacesRequest,
+    PostPaidServerEip,
+    PostPaidServerEipBandwidth,
+    PostPaidServerPublicip,
     ServerId,
+    ShowServerRequest,
 )
 from huaweicloudsdkeip.v2 import (
     CreatePublicipBandwidthOption,
@@ -37,7 +41,17 @@ from sqlmodel import Session, func, select
 from agent.schemas import ExternalSpec
 from controller.models.eip import Eip
 from tests.controller.api.helpers import expect_error
-from tests.controller.api.server_helpers import Net, create_and_wait, make_net, raw_request, server, wait_job
+from tests.controller.api.server_helpers import (
+    Net,
+    counts,
+    create,
+    create_and_wait,
+    make_net,
+    raw_request,
+    row,
+    server,
+    wait_job,
+)
 
 POOL = ["203.0.113.100", "203.0.113.101", "203.0.113.102", "203.0.113.103"]
 
@@ -51,6 +65,15 @@ def api_settings(seed_image_file: Path) -> dict[str, Any]:
         "external_gateway": "203.0.113.1",
         "quota_eips": 3,
     }
+
+
+HOST_EXTERNAL = "203.0.113.10/24"
+
+
+@pytest.fixture
+def agent_host(agents):  # type: ignore[no-untyped-def]
+    """One agent with an external network (reported: nothing is plumbed on a test-driver host)."""
+    return agents.start(external_ip=HOST_EXTERNAL)
 
 
 @pytest.fixture
@@ -209,3 +232,107 @@ def test_no_external_network_means_no_eips(api, net) -> None:  # type: ignore[no
     exc = expect_error(lambda: _create(_eip(api)), 400, "VPC.1305")
     assert "LABCLOUD_EXTERNAL_CIDR" in exc.error_msg
     assert _eip_rows(api) == 0
+
+
+def _new_eip(delete_on_termination: bool | None = None, iptype: str = "5_bgp") -> PostPaidServerPublicip:
+    bandwidth = PostPaidServerEipBandwidth(size=20, sharetype="PER", chargemode="traffic")
+    return PostPaidServerPublicip(
+        eip=PostPaidServerEip(iptype=iptype, bandwidth=bandwidth), delete_on_termination=delete_on_termination
+    )
+
+
+def _addresses(api: Any, server_id: str) -> list[tuple[str, str, str]]:
+    """(type, address, port id) of every address ServerDetail lists."""
+    detail = api.ecs().show_server(ShowServerRequest(server_id=server_id)).server
+    return sorted(
+        (a.os_ext_ip_stype, a.addr, a.os_ext_ip_sport_id)
+        for group in detail.addresses.values()
+        for a in group
+    )
+
+
+def test_publicip_in_server_create_binds_after_build_and_lists_a_floating_address(  # type: ignore[no-untyped-def]
+    api, agent_host, net, pushed
+) -> None:
+    eip, ecs = _eip(api), api.ecs()
+    # A new EIP per server (`publicip.eip`), released with its server (delete_on_termination).
+    (new_owner,), job = create_and_wait(ecs, server(net, name="new", publicip=_new_eip(True)))
+    assert job.status == "SUCCESS", job.fail_reason
+    nic = _port_of(api, new_owner)
+    (allocated,) = eip.list_publicips(ListPublicipsRequest(port_id=[nic.port_id])).publicips
+    assert (allocated.status, allocated.type, allocated.bandwidth_size) == ("ACTIVE", "5_bgp", 20)
+    fixed = nic.fixed_ips[0].ip_address
+    assert _addresses(api, new_owner) == [
+        ("fixed", fixed, nic.port_id),
+        ("floating", allocated.public_ip_address, nic.port_id),
+    ]
+    assert [(f.eip, f.fixed_ip) for f in pushed[-1].floating_ips] == [(allocated.public_ip_address, fixed)]
+
+    # An existing EIP (`publicip.id`), kept by the project when its server goes.
+    existing = _create(eip)
+    (old_owner,), job = create_and_wait(
+        ecs, server(net, name="old", publicip=PostPaidServerPublicip(id=existing.id))
+    )
+    assert job.status == "SUCCESS", job.fail_reason
+    shown = eip.show_publicip(ShowPublicipRequest(publicip_id=existing.id)).publicip
+    assert (shown.status, shown.port_id) == ("ACTIVE", _port_of(api, old_owner).port_id)
+    assert {f.eip for f in pushed[-1].floating_ips} == {
+        allocated.public_ip_address,
+        existing.public_ip_address,
+    }
+
+    for server_id in (new_owner, old_owner):
+        body = DeleteServersRequestBody(servers=[ServerId(id=server_id)], delete_publicip=False)
+        assert wait_job(ecs, ecs.delete_servers(DeleteServersRequest(body=body)).job_id).status == "SUCCESS"
+    left = eip.list_publicips(ListPublicipsRequest()).publicips
+    assert [(p.id, p.status) for p in left] == [(existing.id, "DOWN")]  # the new one went with its server
+    assert pushed[-1].floating_ips == []
+
+
+def test_bad_publicip_in_server_create_changes_nothing(api, agent_host, net) -> None:  # type: ignore[no-untyped-def]
+    eip, ecs = _eip(api), api.ecs()
+    bound = _create(eip)
+    (owner,), _ = create_and_wait(ecs, server(net, name="owner"))
+    _bind(eip, bound.id, _port_of(api, owner).port_id)
+    free = _create(eip)
+    both = PostPaidServerPublicip(id=free.id, eip=_new_eip().eip)
+    cases = [
+        (server(net, publicip=both), 400, "Ecs.0005", "not both"),
+        (server(net, publicip=PostPaidServerPublicip()), 400, "Ecs.0005", "either id"),
+        (server(net, publicip=PostPaidServerPublicip(id="nope")), 400, "Ecs.0005", "does not exist"),
+        (server(net, publicip=PostPaidServerPublicip(id=bound.id)), 400, "Ecs.0005", "already bound"),
+        (server(net, publicip=PostPaidServerPublicip(id=free.id), count=2), 400, "Ecs.0005", "count > 1"),
+        (server(net, publicip=_new_eip(iptype="6_bgp")), 400, "Ecs.0005", "iptype"),
+        # quota 3: two EIPs exist, so two more are one too many (and the pool has room)
+        (server(net, publicip=_new_eip(), count=2), 403, "VPC.0105", "eips"),
+    ]
+    before, rows = counts(api), _eip_rows(api)
+    for body, status, code, words in cases:
+        exc = expect_error(lambda b=body: create(ecs, b), status, code)
+        assert words in exc.error_msg, exc.error_msg
+    assert (counts(api), _eip_rows(api)) == (before, rows)
+    assert eip.show_publicip(ShowPublicipRequest(publicip_id=free.id)).publicip.status == "DOWN"
+
+
+def test_eips_bind_only_on_hosts_with_an_external_network(api, agents, net, pushed) -> None:  # type: ignore[no-untyped-def]
+    """A host without an external network: binding to its ports is refused (409), and a create that asked
+    for an EIP there fails with the reason and releases the EIP it had allocated."""
+    bare = agents.start("noext", availability_zone="lab-1b")
+    eip, ecs = _eip(api), api.ecs()
+    (plain,), job = create_and_wait(ecs, server(net, name="plain", availability_zone="lab-1b"))
+    assert job.status == "SUCCESS"
+    free = _create(eip)
+    before = _eip_rows(api)
+    exc = expect_error(lambda: _bind(eip, free.id, _port_of(api, plain).port_id), 409, "VPC.1306")
+    assert "no external network" in exc.error_msg and bare.host_id in exc.error_msg
+    assert eip.show_publicip(ShowPublicipRequest(publicip_id=free.id)).publicip.port_id is None
+    assert _eip_rows(api) == before
+
+    (failed,), job = create_and_wait(
+        ecs, server(net, name="wants-eip", availability_zone="lab-1b", publicip=_new_eip())
+    )
+    assert job.status == "FAIL"
+    assert "no external network" in (job.fail_reason or "") + str(job.entities)
+    gone = row(api, failed)
+    assert gone.status == "ERROR" and "no external network" in (gone.fault_message or "")
+    assert _eip_rows(api) == before  # the EIP allocated for it was released

@@ -177,7 +177,7 @@ SDK_CASES: list[tuple[str, Case, int, str, str]] = [
         "not supported yet",
     ),
     (
-        "public ip",
+        "public ip without an external network",
         lambda a, n: {
             "publicip": PostPaidServerPublicip(
                 eip=PostPaidServerEip(
@@ -186,8 +186,8 @@ SDK_CASES: list[tuple[str, Case, int, str, str]] = [
             )
         },
         400,
-        "Ecs.0005",
-        "not supported yet",
+        "VPC.1305",
+        "LABCLOUD_EXTERNAL_CIDR",
     ),
     ("unknown availability zone", lambda a, n: {"availability_zone": "mars-1a"}, 400, "Ecs.0005", "mars-1a"),
     (
