@@ -100,6 +100,15 @@ class SecurityGroupSpec(BaseModel):
         default_factory=list
     )  # fixed IPs of every port in the group, for remote groups
 
+    def digest(self) -> str:
+        """What the group says (rules and members), order aside: hosts report it in `HostInfo.security_groups`
+        and the controller compares it with the group's current state (`controller.services.sg_repair`)."""
+        doc = {
+            "rules": sorted(rule.model_dump_json() for rule in self.rules),
+            "member_ips": sorted(self.member_ips),
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
 
 class PortSpec(BaseModel):
     """One NIC of a server: where it plugs in, its addresses and the groups that filter it."""
@@ -324,6 +333,9 @@ class HostInfo(BaseModel):
     # VPC id -> `OverlaySpec.digest()` of the overlay view this host applies, for every VPC network it has;
     # the reconciler pushes a fresh view where it differs from the controller's (a host that missed a push).
     overlays: dict[str, str] = Field(default_factory=dict)
+    # Security group id -> `SecurityGroupSpec.digest()` of the rules and members this host holds for it ("mixed"
+    # when its stored specs disagree); the reconciler pushes the groups whose state differs.
+    security_groups: dict[str, str] = Field(default_factory=dict)
     # The bearer secret this agent accepts from the controller (besides its join token, which the controller
     # keeps only as a hash when it is a per-host token); None: the controller uses the shared join token.
     agent_token: str | None = None

@@ -742,7 +742,8 @@ class AgentService:
     def host_info(self) -> HostInfo:
         vcpus, memory_mib = self._host.capacity()
         powers = self._host.list_servers()
-        for spec in self._specs.all():
+        specs = self._specs.all()
+        for spec in specs:
             powers.setdefault(spec.id, "missing")
         return HostInfo(
             host_id=self.settings.resolved_host_id,
@@ -756,6 +757,7 @@ class AgentService:
             underlay_ip=getattr(self._network, "underlay_ip", None),
             external_ip=getattr(self._network, "external_ip", None),
             overlays={vpc_id: view.digest() for vpc_id, view in self._network.overlay_views().items()},
+            security_groups=_group_digests(specs),
             servers=[
                 ServerState(id=sid, power=power, accelerator=self.accelerator)
                 for sid, power in sorted(powers.items())
@@ -949,6 +951,15 @@ def _with_network(spec: ServerSpec, network: NetworkSpec) -> ServerSpec:
             net = network.model_copy(update={"overlay": overlay})
         networks.append(net)
     return spec.model_copy(update={"networks": networks})
+
+
+def _group_digests(specs: list[ServerSpec]) -> dict[str, str]:
+    """Group id -> digest of the rules and members the stored specs hold for it; "mixed" if they disagree."""
+    seen: dict[str, set[str]] = {}
+    for spec in specs:
+        for group in spec.security_groups:
+            seen.setdefault(group.id, set()).add(group.digest())
+    return {gid: digests.pop() if len(digests) == 1 else "mixed" for gid, digests in sorted(seen.items())}
 
 
 def _with_groups(spec: ServerSpec, groups: dict[str, SecurityGroupSpec]) -> ServerSpec:

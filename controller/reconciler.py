@@ -15,7 +15,8 @@ One pass (`run_once`) applies these rules; the loop (`ReconcilerLoop`) repeats i
   - a domain (or stored spec) that no non-deleted server owns is an orphan: logged, in the report, and deleted
     through the agent when `reconcile_orphans` is "delete".
   - a VPC whose overlay view on the host differs from the controller's (a missed push, an agent restarted from
-    stale specs) is pushed the current view (`services.overlay_repair`).
+    stale specs) is pushed the current view (`services.overlay_repair`); so is a security group whose rules or
+    members on the host differ from the database's (`services.sg_repair`).
   An agent that heartbeats but does not answer is skipped this round; if it stays silent it goes down.
 - **Stuck**: a server in BUILD or with a task, unchanged for `task_timeout_seconds`, that no unfinished job names,
   becomes ERROR with fault `TASK_TIMEOUT`. An unfinished job belongs to the job queue, which re-claims expired
@@ -43,7 +44,7 @@ from controller.models.common import iso_z, utcnow
 from controller.models.host import Host
 from controller.models.job import INIT, RUNNING, Job
 from controller.models.server import Server
-from controller.services import overlay_repair
+from controller.services import overlay_repair, sg_repair
 from controller.services.hosts import host_state
 from controller.state import ACTIVE, BUILD, DELETED, ERROR, SHUTOFF
 
@@ -78,6 +79,7 @@ class Report:
     orphans: list[Orphan] = field(default_factory=list)
     orphans_deleted: list[str] = field(default_factory=list)
     overlays_repaired: list[str] = field(default_factory=list)  # "<host>/<vpc>": stale views pushed again
+    groups_repaired: list[str] = field(default_factory=list)  # "<host>/<group>": stale groups pushed again
 
     @property
     def changed(self) -> bool:
@@ -195,6 +197,8 @@ def _check_host(ctx: ControllerContext, host: Host, report: Report) -> None:
             _orphan(ctx, host, Orphan(host.id, server_id, power), report)
     repaired = overlay_repair.repair_host(ctx, host, info.overlays)
     report.overlays_repaired += [f"{host.id}/{vpc_id}" for vpc_id in repaired]
+    repaired = sg_repair.repair_host(ctx, host, info.security_groups)
+    report.groups_repaired += [f"{host.id}/{gid}" for gid in repaired]
 
 
 def _judge(

@@ -22,6 +22,7 @@ from typing import Any
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkecs.v2 import EcsClient
+from huaweicloudsdkeip.v2 import EipClient
 from huaweicloudsdkims.v2 import ImsClient
 from huaweicloudsdkvpc.v2 import VpcClient
 
@@ -154,6 +155,9 @@ class Lab:
 
     def ims(self) -> ImsClient:
         return self._client(ImsClient)  # type: ignore[no-any-return]
+
+    def eip(self) -> EipClient:
+        return self._client(EipClient)  # type: ignore[no-any-return]
 
     def close(self) -> list[str]:
         """`labcloud lab down`, then independent checks; returns what leaked (empty when clean)."""

@@ -45,7 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="set root's password (a generated one is printed when PASS is left out)",
     )
     create.add_argument(
-        "--az", "--availability-zone", dest="availability_zone", metavar="ZONE", help="the zone to place it in"
+        "--az",
+        "--availability-zone",
+        dest="availability_zone",
+        metavar="ZONE",
+        help="the zone to place it in",
     )
     create.add_argument("--wait", action="store_true", help="wait until the servers are ACTIVE (or failed)")
     create.set_defaults(func=create_servers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.net import names, proc, rules
+from agent.net import antispoof, names, proc, rules
 from agent.net.firewall import Firewall
 from agent.net.names import tap_name
 from agent.net.ports import BoundPort
@@ -165,3 +165,64 @@ def test_a_long_lived_firewall_writes_only_changed_chains_and_recovers_from_drif
     assert sandbox.call(sandbox.host, scenario) == [True, True, False, True]
     saved = rules.parse_iptables_save(sandbox.sh(sandbox.host, "iptables-save", "-t", "filter"))
     assert saved.chains == deleted.chains and saved.jump_in_place
+
+
+def _handles(family: str, table: str) -> dict[str, list[int]]:
+    """Rule handles per chain, as `nft -a` lists them: a chain flushed and refilled gets new handles."""
+    found: dict[str, list[int]] = {}
+    chain = None
+    for line in proc.run(["nft", "-a", "list", "table", family, table]).splitlines():
+        words = line.split()
+        if words[:1] == ["chain"]:
+            chain = words[1]
+            found[chain] = []
+        elif chain and "# handle" in line and not line.strip().startswith("type "):
+            found[chain].append(int(line.rsplit("# handle", 1)[1]))
+    return found
+
+
+def test_a_long_lived_firewall_touches_only_what_changed(sandbox: Sandbox) -> None:
+    """A new port: its own chains, one dispatch line each way and one nft map element; every other rule keeps
+    its kernel handle (nothing refilled). A rule change: that group's chain only. The kernel, read back,
+    holds exactly what was rendered after each step."""
+    ports = [_port(n, [SG]) for n in range(1, 10)]
+    groups = _groups([bp.port.ip for bp in ports])
+    eight, nine = rules.render_ruleset(ports[:8], groups), rules.render_ruleset(ports, groups)
+    extra_rule = RuleSpec(id="x", direction="ingress", protocol="tcp", port_range_min=25)
+    changed_groups = [groups[0].model_copy(update={"rules": [*groups[0].rules, extra_rule]}), groups[1]]
+    changed = rules.render_ruleset(ports, changed_groups)
+
+    def scenario() -> list[tuple[dict[str, list[int]], dict[str, list[int]], bool]]:
+        firewall = Firewall()
+        steps = []
+        for ruleset in (eight, nine, changed, eight):
+            firewall.apply(ruleset)
+            kernel = rules.parse_iptables_save(proc.run(["iptables-save", "-t", "filter"]))
+            table = proc.run(["nft", "list", "table", "bridge", "lc-antispoof"])
+            same = kernel.chains == ruleset.chains and antispoof.canonical(table) == ruleset.bridge
+            steps.append((_handles("ip", "filter"), _handles("bridge", "lc-antispoof"), same))
+        return steps
+
+    steps = sandbox.call(sandbox.host, scenario)
+    assert [same for _, _, same in steps] == [True] * 4
+    (ip8, br8, _), (ip9, br9, _), (ip_rule, br_rule, _), (ip_back, br_back, _) = steps
+    new = ports[8].port.id
+    new_chains = {names.ingress_chain(new), names.egress_chain(new)}
+    dispatch = {names.INGRESS_DISPATCH_CHAIN, names.EGRESS_DISPATCH_CHAIN}
+    for chain, handles in ip8.items():
+        if chain in dispatch:
+            assert set(handles) < set(ip9[chain]) and len(ip9[chain]) == len(handles) + 1, chain
+        else:
+            assert ip9[chain] == handles, f"{chain} was rewritten for a new port"
+    assert set(ip9) - set(ip8) == new_chains
+    # The new port's nft chain and map element came; every other chain kept its rules.
+    assert {chain: h for chain, h in br9.items() if chain in br8} == br8
+    assert set(br9) - set(br8) == {antispoof.port_chain(new)}
+
+    rewritten = {chain for chain in ip9 if ip_rule[chain] != ip9[chain]}
+    assert rewritten == {names.group_ingress_chain(SG)}
+    assert br_rule == br9
+    # The port gone and the rule undone: its chains deleted, the group chain rewritten, nothing else.
+    assert set(ip_back) == set(ip8) and br_back == br8
+    rewritten = {chain for chain in ip_back if chain not in dispatch and ip_back[chain] != ip_rule[chain]}
+    assert rewritten == {names.group_ingress_chain(SG)}

@@ -26,7 +26,12 @@ def test_names_use_the_first_eleven_id_characters_without_dashes() -> None:
 def test_every_name_fits_the_kernel_limits() -> None:
     for device in (names.bridge_name, names.tap_name, names.router_port_name, names.host_uplink_name):
         assert len(device(VPC)) <= 15  # IFNAMSIZ - 1
-    for chain in (names.ingress_chain, names.egress_chain):
+    for chain in (
+        names.ingress_chain,
+        names.egress_chain,
+        names.group_ingress_chain,
+        names.group_egress_chain,
+    ):
         assert len(chain(PORT)) <= 28
     assert (
         max(map(len, (names.FORWARD_CHAIN, names.EGRESS_DISPATCH_CHAIN, names.INGRESS_DISPATCH_CHAIN))) <= 28
@@ -47,6 +52,9 @@ def test_ids_that_cannot_name_a_device_are_refused(bad: str) -> None:
 def test_ownership_is_recognised_by_prefix() -> None:
     assert names.is_owned_chain("lc-FORWARD")
     assert names.is_owned_chain("lci-0a1b2c3d4e5")
+    assert names.is_owned_chain(names.group_ingress_chain("0a1b2c3d4e5"))
+    assert names.is_owned_chain(names.group_egress_chain("0a1b2c3d4e5"))
+    assert names.is_owned_chain(names.EGRESS_ALLOWED_CHAIN)
     assert not names.is_owned_chain("FORWARD")
     assert not names.is_owned_chain("DOCKER")
     assert names.is_owned_set("lcg-0a1b2c3d4e5")
