@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextvars
 import hmac
 import logging
+import pathlib
+import re
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import Annotated
@@ -41,6 +44,7 @@ from agent.schemas import (
     VolumeState,
 )
 from agent.service import SERVER_ID_PATTERN, AgentService, InvalidRequest
+from agent.storage import export_tokens
 from agent.storage.exports import export_file
 
 log = logging.getLogger(__name__)
@@ -150,13 +154,34 @@ def _service(request: Request) -> AgentService:
     return service
 
 
-class BearerAuthMiddleware:
-    """Refuses every request, known path or not, that lacks `Authorization: Bearer <join token>` (or one of the
-    `also` tokens: the agent's API token, see `agent.api_token`)."""
+_EXPORT_FILE = re.compile(f"/v1/exports/({SERVER_ID_PATTERN.removeprefix('^').removesuffix('$')})/file")
 
-    def __init__(self, app: ASGIApp, token: str, also: tuple[str, ...] = ()) -> None:
+
+class BearerAuthMiddleware:
+    """Refuses every request, known path or not, that lacks an accepted `Authorization: Bearer` secret:
+
+    - one of `also`: the agent's API token (`agent.api_token`), which the controller calls it with;
+    - `token`, its join token, only until `api_token_known` is set (the controller accepted a heartbeat that
+      reported the API token): the controller never needs it after that, and every host registered with the
+      shared join token holds it, so accepting it for good would let hosts drive each other's agents;
+    - an export's download token (`agent.storage.export_tokens`, under `state_dir`), for
+      `GET /v1/exports/{that id}/file` only: what another host fetching a moving volume is given.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        also: tuple[str, ...] = (),
+        *,
+        api_token_known: threading.Event | None = None,
+        state_dir: pathlib.Path | None = None,
+    ) -> None:
         self.app = app
-        self._accepted = [f"bearer {t}".encode() for t in (token, *also)]
+        self._join = f"bearer {token}".encode()
+        self._accepted = [f"bearer {t}".encode() for t in also]
+        self._api_token_known = api_token_known or threading.Event()
+        self._state_dir = state_dir
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self._authorized(scope):
@@ -173,7 +198,17 @@ class BearerAuthMiddleware:
         given = scheme.lower() + b" " + token.strip()
         # Compare with every accepted token, so the time taken does not tell which one nearly matched.
         matches = [hmac.compare_digest(given, expected) for expected in self._accepted]
-        return any(matches)
+        if any(matches):
+            return True
+        if hmac.compare_digest(given, self._join):
+            if not self._api_token_known.is_set():
+                return True
+            log.info("the join token is not accepted once the controller knows this agent's API token")
+            return False
+        export = _EXPORT_FILE.fullmatch(scope["path"]) if scope["method"] == "GET" else None
+        if export is None or self._state_dir is None or scheme.lower() != b"bearer":
+            return False
+        return export_tokens.accepts(self._state_dir, export.group(1), token.strip().decode("latin-1"))
 
 
 Service = Annotated[AgentService, Depends(_service)]
@@ -336,6 +371,7 @@ def export_root_disk(server_id: ServerId, export_id: ExportId, service: Service)
 
 @router.get("/v1/exports/{export_id}/file")
 def download_export(export_id: ExportId, service: Service) -> FileResponse:
+    """For the controller (API token) or, a volume's export, the host fetching it (the export's download token)."""
     return FileResponse(export_file(service.state_dir, export_id), media_type="application/octet-stream")
 
 

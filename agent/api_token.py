@@ -1,7 +1,9 @@
 """The secret this agent accepts from the controller, kept in `<state>/api-token` (0600).
 
 The agent reports it in every heartbeat. A per-host join token cannot serve for calls the other way, since the
-controller keeps only its hash; the shared join token stays accepted too, for the local agent of `labcloud up`.
+controller keeps only its hash; the join token is accepted too, but only until the controller has accepted a
+heartbeat reporting this token (`agent.api.BearerAuthMiddleware`): every host started with the shared join
+token holds it.
 """
 
 from __future__ import annotations

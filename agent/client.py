@@ -223,16 +223,20 @@ class AgentClient:
         return DiskExport.model_validate(self._call("POST", path, request_id=request_id))
 
     def export_download(self, export_id: str) -> tuple[str, dict[str, str]]:
-        """URL and headers to stream an export's file (the caller streams it; it can be gigabytes)."""
-        return f"{self.base_url}/v1/exports/{export_id}/file", {
-            "Authorization": self._http.headers["Authorization"]
-        }
+        """URL and headers to stream an export's file (the caller streams it; it can be gigabytes). The headers
+        carry this client's secret: for the controller only, never to be handed to another host."""
+        return self.export_file_url(export_id), {"Authorization": self._http.headers["Authorization"]}
+
+    def export_file_url(self, export_id: str) -> str:
+        """Where an export's file is served; another host fetches it with the export's own download token."""
+        return f"{self.base_url}/v1/exports/{export_id}/file"
 
     def delete_export(self, export_id: str, *, request_id: str | None = None) -> None:
         self._call("DELETE", f"/v1/exports/{export_id}", request_id=request_id)
 
     def export_volume(self, volume_id: str, export_id: str, *, request_id: str | None = None) -> VolumeExport:
-        """Offer a detached volume's file to another host (a volume move); fetch it with `export_download`."""
+        """Offer a detached volume's file to another host (a volume move), which fetches it from
+        `export_file_url` with the returned `download_token`."""
         path = f"/v1/volumes/{volume_id}/export/{export_id}"
         return VolumeExport.model_validate(self._call("POST", path, request_id=request_id))
 

@@ -58,11 +58,14 @@ class Heartbeat:
         *,
         transport: httpx.BaseTransport | None = None,
         api_token: str | None = None,
+        api_token_known: threading.Event | None = None,
     ) -> None:
         self._url = controller_url.rstrip("/") + "/internal/hosts"
         self._interval = interval
         self._host_info = host_info
         self._api_token = api_token  # reported so the controller can call this agent
+        # Set once the controller accepted a heartbeat reporting it: the join token is then refused by our API.
+        self._api_token_known = api_token_known
         self._http = httpx.Client(
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(30.0, connect=5.0),
@@ -93,6 +96,8 @@ class Heartbeat:
             self._set_healthy(False, f"{type(exc).__name__}: {exc}")
             return False
         self.beats += 1
+        if self._api_token and self._api_token_known is not None:
+            self._api_token_known.set()
         self._set_healthy(True, f"host {info.host_id} with {len(info.servers)} servers")
         return True
 
@@ -159,6 +164,7 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
                 settings.heartbeat_seconds,
                 agent.host_info,
                 api_token=api_token,
+                api_token_known=api_token_known,
             )
             heartbeat.start()
         app.state.heartbeat = heartbeat
@@ -180,7 +186,14 @@ def create_app(settings: AgentSettings, service: AgentService | None = None) -> 
     # The last added is the outermost: the request id is set first, so refusals and crashes carry it too.
     app.add_middleware(CrashGuardMiddleware)
     api_token = load_or_create(settings.state_dir)
-    app.add_middleware(BearerAuthMiddleware, token=settings.join_token.get_secret_value(), also=(api_token,))
+    api_token_known = threading.Event()
+    app.add_middleware(
+        BearerAuthMiddleware,
+        token=settings.join_token.get_secret_value(),
+        also=(api_token,),
+        api_token_known=api_token_known,
+        state_dir=settings.state_dir,
+    )
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(router)

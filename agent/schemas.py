@@ -296,11 +296,14 @@ class VolumeExport(BaseModel):
     size: int  # bytes of the file
     virtual_size: int  # bytes the guest sees
     checksum: str  # sha256 of the file
+    # The bearer secret the source accepts for this export's file and nothing else (`agent.storage.export_tokens`):
+    # what the fetching host is given, never the source agent's API token.
+    download_token: str
 
 
 class VolumeFetch(BaseModel):
     """`POST /v1/volumes/{id}/fetch`: copy a volume another host exports into this host's volumes (a volume
-    move). `token` is the bearer secret the source agent accepts; the copy must hash to `checksum`."""
+    move). `token` is the export's `download_token` (good for that file only); the copy must hash to `checksum`."""
 
     url: str
     token: str

@@ -2,8 +2,9 @@
 it from there, and the controller tells the source to drop its copy once the target has it.
 
 Both halves reuse existing transfer pieces: the export is a hard link of `volumes/<id>.qcow2` into `exports/`
-(no copy; served by `GET /v1/exports/{id}/file` like a root-disk export), and the fetch is the backup
-download (`agent.storage.backups.download`: streamed into a hidden `.part` file in the backup staging directory,
+(no copy; served by `GET /v1/exports/{id}/file` like a root-disk export, to holders of the export's own
+download token, `agent.storage.export_tokens`), and the fetch is the backup download
+(`agent.storage.backups.download`: streamed into a hidden `.part` file in the backup staging directory,
 which the agent sweeps at start, verified by sha256, then renamed into `volumes/`). So a target killed half way
 leaves no volume file, and a repeated fetch keeps a copy that already hashes right.
 
@@ -21,6 +22,7 @@ from agent.errors import Conflict, NotFound, StorageError
 from agent.schemas import VolumeExport, VolumeFetch, VolumeState
 from agent.service import AgentService, check_server_id
 from agent.storage import backups as staging
+from agent.storage import export_tokens
 from agent.storage.disks import image_info
 from agent.storage.layout import ensure_traversable_dir, ensure_volumes_dir, export_path, volume_path
 
@@ -59,6 +61,7 @@ def export_volume(svc: AgentService, volume_id: str, export_id: str) -> VolumeEx
             size=target.stat().st_size,
             virtual_size=info.virtual_size,
             checksum=file_sha256(target),
+            download_token=export_tokens.issue(svc.state_dir, export_id),
         )
     log.info("volume %s exported as %s (%d bytes)", volume_id, export_id, export.size)
     return export

@@ -343,10 +343,14 @@ def report(
         ratio = best["controller"]["per_s"] / best["bare"]["per_s"]
         ratios.append(ratio)
         c, b = best["controller"], best["bare"]
+        # Server CPU per request (median over rounds) does not depend on how busy the shared machine was.
+        cpu = {kind: median([r["server_cpu_ms"] for r in runs]) for kind, runs in by_kind.items()}
+        cpu_ratio = cpu["bare"] / cpu["controller"]
         print(
             f"{labels[name]}: controller {c['per_s']:.0f}/s (p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms), "
             f"bare FastAPI {b['per_s']:.0f}/s (p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms), "
-            f"ratio {ratio:.2f} (bar ≥ {BAR_RATIO}){'' if not errors else f', {errors} non-200 answers'}"
+            f"ratio {ratio:.2f} (bar ≥ {BAR_RATIO}); server CPU {cpu['controller']:.2f} vs {cpu['bare']:.2f} "
+            f"ms/request, ratio {cpu_ratio:.2f}{'' if not errors else f'; {errors} non-200 answers'}"
         )
         summary[name] = {
             "controller_per_s": round(c["per_s"], 1),
@@ -356,12 +360,16 @@ def report(
             "bare_p50_ms": round(b["p50_ms"], 2),
             "bare_p99_ms": round(b["p99_ms"], 2),
             "ratio": round(ratio, 2),
+            "controller_cpu_ms": round(cpu["controller"], 2),
+            "bare_cpu_ms": round(cpu["bare"], 2),
+            "cpu_ratio": round(cpu_ratio, 2),
             "errors": errors,
             "controller_per_s_median_of_rounds": round(
                 median([r["per_s"] for r in by_kind["controller"]]), 1
             ),
         }
     summary["min_ratio"] = round(min(ratios), 2) if ratios else None
+    summary["min_cpu_ratio"] = min((summary[n]["cpu_ratio"] for n in results), default=None)
     summary["bar_met"] = bool(ratios) and min(ratios) >= BAR_RATIO
     print(json.dumps(summary))
 

@@ -251,13 +251,8 @@ class Table:
             after = self.read()
             if after != desired:
                 # A rule rendered differently from nft's own spelling would be rewritten on every sync: say so.
-                log.warning("nft table %s reads back differently from what was rendered:\n%s", TABLE, after)
+                log.warning("nft table %s reads back differently:\n%s", TABLE, format_table(after))
         return True
 
     def forget(self) -> None:
         self._known = None
-
-
-def sync(desired: str) -> bool:
-    """Make the kernel's table exactly `desired`, reading the kernel first; False if it already was."""
-    return Table().sync(desired)

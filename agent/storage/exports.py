@@ -12,6 +12,7 @@ from typing import Literal
 
 from agent.errors import NotFound, StorageError
 from agent.schemas import DiskExport
+from agent.storage import export_tokens
 from agent.storage.disks import image_info
 from agent.storage.layout import export_path
 
@@ -50,7 +51,9 @@ def export_file(state_dir: Path, export_id: str) -> Path:
 
 
 def remove_export(state_dir: Path, export_id: str) -> None:
-    """Delete an export; a missing one is already the wanted state."""
+    """Delete an export and its download token (first, so a token never outlives its export); a missing one is
+    already the wanted state."""
+    export_tokens.revoke(state_dir, export_id)
     try:
         export_path(state_dir, export_id).unlink(missing_ok=True)
     except OSError as exc:

@@ -18,6 +18,7 @@ Everything lives under one state directory (``LABCLOUD_AGENT_STATE_DIR``)::
                                             controller has copied it into its image store and deletes it
             move-<volume_id>.qcow2          a hard link of a volume moving to another host, which fetches it;
                                             removed when the move ends
+            <export_id>.token         0600  the export's download token (`export_tokens`), removed with it
         backups/                      0755
             <backup_id>.qcow2               CBR disk backup staged until it is uploaded to the controller
             .restore-<token>-<disk>.part    a backup downloaded for a restore, removed once applied

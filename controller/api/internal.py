@@ -1,7 +1,8 @@
 """Agent-facing endpoints (bearer join token) and the health probe; the admin host API is in `admin`.
 
 Agents present either the shared bootstrap token (`<home>/join-token`, the local agent of `labcloud up`) or a
-per-host join token an admin issued (`controller.services.join_tokens`), which only its own host may use.
+per-host join token an admin issued (`controller.services.join_tokens`), which only its own host may use (and a
+host with a token of its own cannot use the shared one).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def register_host(info: HostInfo, request: Request, token: HostToken) -> dict[st
     with session_scope(ctx.engine) as session:
         if token is not None:
             join_tokens.admit(session, token, info.host_id)
+        else:
+            join_tokens.refuse_shared_for(session, info.host_id)
         host = session.get(Host, info.host_id)
         if host is None:
             host = Host(

@@ -132,6 +132,18 @@ def admit(session: Session, token: str, host_id: str) -> JoinToken:
     return row
 
 
+def refuse_shared_for(session: Session, host_id: str) -> None:
+    """401 when `host_id` has (or had) a join token of its own: the shared bootstrap token, which every host
+    started with it holds, may not re-register such a host, bring it back after a revocation or change its URL
+    and API token."""
+    own = session.exec(select(JoinToken.id).where(JoinToken.host_id == host_id)).first()
+    if own is not None:
+        raise Unauthorized(
+            f"host {host_id} has its own join token ({own}); the shared one cannot register it",
+            code=AGENT_UNAUTHORIZED,
+        )
+
+
 def _aware(value: datetime) -> datetime:
     """SQLite hands datetimes back naive; they were written in UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

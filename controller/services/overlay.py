@@ -108,7 +108,7 @@ def push_project_overlays(ctx: ControllerContext, project_id: str) -> None:
     """Send every host of the project's VPCs its current view of each (after a server came or went).
 
     Best effort, like security-group pushes: the change is committed, and a host that misses a push gets the
-    current view with its next server spec.
+    current view with its next server spec, or from the reconciler (`overlay_repair`) within a pass or two.
     """
     try:
         with Session(ctx.engine) as session:

@@ -5,7 +5,8 @@ payload; the attach job then moves the file before attaching it (`move_volume`),
 `attaching` throughout:
 
 1. the source host links the volume's file under its `exports/` and reports its sha256 (`export_volume`);
-2. the target host streams it from the source's `GET /v1/exports/{id}/file` into a hidden partial file,
+2. the target host streams it from the source's `GET /v1/exports/{id}/file`, with the download token the
+   export came with (good for that file only, never the source agent's API token), into a hidden partial file,
    verifies the sha256 and renames it into `volumes/` (`fetch_volume`; a copy already there that hashes right
    is kept, so a rerun resumes);
 3. only then does the row's `host_id` switch to the target (a compare-and-swap on source + `attaching`);
@@ -124,9 +125,9 @@ def move_volume(jctx: JobContext, volume: Volume, source: str, target: str) -> N
             client = agent_for(jctx, source)
             if client is None:
                 raise JobFailed(AGENT_UNREACHABLE, f"host {source} is no longer registered")
-            url, headers = client.export_download(export_id)
+            # The export's own download token, good for its file only: the source's API token stays here.
             fetch = VolumeFetch(
-                url=url, token=headers["Authorization"].removeprefix("Bearer "), checksum=export.checksum
+                url=client.export_file_url(export_id), token=export.download_token, checksum=export.checksum
             )
             call_agent_patiently(
                 jctx,

@@ -61,7 +61,7 @@ def resolve_source(session: Session, project_id: str, req: VolumeIn) -> Source:
     given = [key for key, value in named if value]
     if len(given) > 1:
         raise BadRequest(
-            f"Invalid volume: give one of imageRef, snapshot_id and backup_id, not {' and '.join(given)}",
+            f"Invalid volume: give one of imageRef, snapshot_id and backup_id, not both {' and '.join(given)}",
             code=BAD_VOLUME_REQUEST,
         )
     if req.snapshot_id:

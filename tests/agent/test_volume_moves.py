@@ -46,7 +46,12 @@ def test_export_links_the_detached_volume_once(rig: Rig) -> None:
         1024**3,
     )
     assert export_volume(rig.service, "vol-1", "move-vol-1") == export  # a repeat changes nothing
-    assert sorted(p.name for p in (rig.state / "exports").iterdir()) == ["move-vol-1.qcow2"]
+    # With the export's own download token (what the fetching host gets instead of this agent's API token).
+    assert sorted(p.name for p in (rig.state / "exports").iterdir()) == [
+        "move-vol-1.qcow2",
+        "move-vol-1.token",
+    ]
+    assert (rig.state / "exports" / "move-vol-1.token").read_text() == export.download_token
 
     # A volume a server on this host attaches cannot leave.
     rig.service.ensure_server(stopped_spec(rig.image))

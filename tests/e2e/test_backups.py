@@ -11,7 +11,8 @@ The story, on one server with one data volume:
    hidden partial file libvirt's backup job writes appears under the agent's `backups/`), the agent is killed and
    started again the way `labcloud up` does. The backup ends `available` (the retried call aborted the dead
    agent's libvirt job and copied again) or `error` with a reason; the volume's data is intact (checksum in the
-   guest) and no staged or partial file is left.
+   guest) and no staged or partial file is left. Then once more, killed while the staged copy is being uploaded:
+   again a defined end, nothing left in staging, no partial object in the controller's backup store.
 3. **Crash-consistent whole-server backup.** A loop in the guest writes an increasing counter, first to the
    volume and then to a file on the root disk, syncing each; a server backup is taken while it runs.
 4. Different data is written, then the server backup is restored onto the server (every disk, started again):
@@ -206,9 +207,33 @@ def test_server_backup_while_writing_restore_volume_from_backup_and_agent_killed
     else:
         assert (op.status, op.extra_info.common.progress) == ("success", 100)
     assert staging_files(home) == []
+
+    # ... and again while the staged copy is being uploaded to the backup store.
+    agent = _pid(home, "agent")
+    upload_checkpoint = start_checkpoint(cbr, volume_vault.id, "killed-upload")
+    deadline = time.monotonic() + WAIT_S
+    while not [name for name in staging_files(home) if not name.startswith(".")]:
+        assert time.monotonic() < deadline, "the backup's copy was never staged"
+        time.sleep(POLL_S)
+    os.kill(agent, signal.SIGKILL)
+    store = home / "backups"
+    in_store_at_kill = sorted(p.name for p in store.iterdir())
+    status_at_kill = checkpoint_status(cbr, upload_checkpoint)
+    _wait("the agent to die", lambda: _gone(agent), poll=0.01)
+    log.info("agent killed while uploading; the store held %s", in_store_at_kill)
+    assert status_at_kill == "protecting"
+    cloud.run("up")
+    uploaded = finished_backup(cbr, upload_checkpoint)
+    log.info("the backup killed while uploading ended %s", uploaded.status)
+    assert uploaded.status in ("available", "error")
+    assert staging_files(home) == []
+    assert not [p.name for p in store.iterdir() if p.name.startswith(".")], "the store kept a partial upload"
+    if uploaded.status == "available":
+        assert (store / f"{uploaded.id}.qcow2").is_file()
+
     client = ssh.wait_for_ssh(cloud.ns, ip, key_path, timeout=WAIT_S)
     try:
-        assert volume_data(client) == volume_sum  # the volume kept its data through the kill
+        assert volume_data(client) == volume_sum  # the volume kept its data through the kills
 
         # --- 3. a whole-server backup while the guest writes ---
         guest(client, f"setsid sh -c '{WRITER}' >/dev/null 2>&1 </dev/null &")

@@ -129,12 +129,16 @@ class Guest:
         return Attempt(int(found[1]), int(found[2]), found[3])
 
 
-def _eventually(check: Any, what: str, timeout: float = CONVERGE_S) -> float:
-    """Poll `check` until true; the seconds it took."""
+def _eventually(check: Any, what: str, timeout: float = CONVERGE_S, lab: Lab | None = None) -> float:
+    """Poll `check` until true; the seconds it took. With `lab`, a timeout shows the tail of h1's agent log."""
     start = time.monotonic()
     while not check():
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            log = ""
+            if lab is not None:
+                lines = Home(lab.home_of("h1")).log_file("agent").read_text(errors="replace").splitlines()
+                log = "\nh1 agent log:\n" + "\n".join(lines[-60:])
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{log}")
         time.sleep(0.5)
     return time.monotonic() - start
 
@@ -352,7 +356,7 @@ def test_security_groups_across_hosts_and_overlay_healing(lab: Lab, keypair: tup
     assert _flood(lab, "h1", red) is None
     lab.start_agent("h1")
     figures["agent restart -> h1 VXLAN rebuilt (s)"] = _eventually(
-        lambda: _flood(lab, "h1", red) == {H2_VTEP}, "the restarted agent to rebuild h1's VXLAN port"
+        lambda: _flood(lab, "h1", red) == {H2_VTEP}, "the restarted agent to rebuild h1's VXLAN port", lab=lab
     )
     assert _vxlan_vni(lab, "h1", red) == vni
     a.serve(5001, "pong-5001")
@@ -368,7 +372,7 @@ def test_security_groups_across_hosts_and_overlay_healing(lab: Lab, keypair: tup
     log_size = _controller_log(lab).stat().st_size
     lab.start_agent("h1")
     figures["agent back -> stale flood list repaired (s)"] = _eventually(
-        lambda: _flood(lab, "h1", red) == set(), "h1 to stop flooding the VPC to h2"
+        lambda: _flood(lab, "h1", red) == set(), "h1 to stop flooding the VPC to h2", lab=lab
     )
     assert _repaired(lab, "h1", red, log_size), "the flood list changed, but not by the reconciler's repair"
     # h2 keeps the VPC's network a while with no port left in it, and missed its push too: it floods to nobody.

@@ -94,11 +94,19 @@ def _opens(cloud: Cloud, ip: str, change: Callable[[], Any], what: str) -> float
 
 
 def _closes(cloud: Cloud, ip: str, change: Callable[[], Any], what: str) -> float:
-    """Make `change` and measure until a new connection is dropped; then check the drop holds (3 s probe)."""
+    """Make `change` and measure until a new connection is dropped (to the start of the first probe that timed
+    out, so the probe's own timeout is not counted); then check the drop holds with a longer probe."""
     started = time.monotonic()
     change()
-    _delay_until(what, lambda: _probe(cloud, ip, 0.5) == "timeout")
-    delay = time.monotonic() - started
+    sent = started
+
+    def dropped() -> bool:
+        nonlocal sent
+        sent = time.monotonic()
+        return _probe(cloud, ip, 0.5) == "timeout"
+
+    _delay_until(what, dropped)
+    delay = sent - started
     log.info("%s: port %s closed after %.3f s", what, APP_PORT, delay)
     assert _probe(cloud, ip, 3.0) == "timeout"
     return delay

@@ -278,6 +278,12 @@ def test_new_volumes_from_backups(api: Any, agent_host: Any) -> None:
         lambda: cbr.delete_backup(DeleteBackupRequest(backup_id=vbk.id)), 400, "BackupService.0001"
     )
     assert copy_id in exc.error_msg
+    # Nor can the copy be backed up before it holds that data (an empty backup would lie).
+    copy_vault = make_vault(cbr, "disk", [(copy_id, "OS::Cinder::Volume")], name="copies")
+    before = counts(api)
+    exc = expect_error(lambda: back_up(cbr, copy_vault.id), 409, "BackupService.6203")
+    assert "first attach" in exc.error_msg
+    assert counts(api) == before
     assert wait_job(ecs, attach(ecs, server_id, copy_id).job_id).status == "SUCCESS"
     copy_file = state / "volumes" / f"{copy_id}.qcow2"
     assert holds_pattern(copy_file, 0x66)

@@ -95,6 +95,12 @@ def test_an_agent_joins_with_its_own_token_and_is_cut_off_when_it_is_revoked(api
     assert job.status == "SUCCESS", job.fail_reason
     assert row(api, server_id).host_id == remote.host_id
     assert remote.service.host_info().servers[0].id == server_id
+    # The controller called it with its API token; the agent's API refuses its join token now.
+    for token, status in ((issued["token"], 401), (host.agent_token, 200)):
+        response = httpx.get(
+            f"{remote.url}/v1/host", headers={"Authorization": f"Bearer {token}"}, trust_env=False
+        )
+        assert response.status_code == status, response.text
 
     # Bound: no other host may use it.
     refused(heartbeat(api, issued["token"], "host-intruder"), "belongs to another host")
@@ -104,6 +110,8 @@ def test_an_agent_joins_with_its_own_token_and_is_cut_off_when_it_is_revoked(api
     assert host_states(api)[remote.host_id] == "down"  # at once, not after missed heartbeats
     assert tokens(api)[issued["id"]]["status"] == "revoked"
     refused(heartbeat(api, issued["token"], remote.host_id), "revoked")
+    # Nor can the shared token (which every host started with it holds) speak for it.
+    refused(heartbeat(api, api.ctx.join_token, remote.host_id), "its own join token")
     # The agent's own heartbeats (every second) are refused as well: its host stays down.
     silent_since = row_of_host(api, remote.host_id).last_heartbeat
     time.sleep(3 * remote.settings.heartbeat_seconds)
@@ -130,6 +138,7 @@ def test_token_checks(api) -> None:  # type: ignore[no-untyped-def]
 
     for_b = issue(api, host_id="host-b")  # bound when issued
     refused(heartbeat(api, for_b["token"], "host-a"), "belongs to another host")
+    refused(heartbeat(api, api.ctx.join_token, "host-b"), "its own join token")  # not even before it joins
     assert heartbeat(api, for_b["token"], "host-b").status_code == 200
     # An unbound token cannot take over a host that has a token of its own.
     spare = issue(api)

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from huaweicloudsdkecs.v2 import BatchStopServersOption, BatchStopServersRequest, BatchStopServersRequestBody
 from huaweicloudsdkecs.v2 import ServerId as EcsServerId
 from sqlmodel import Session
 
+from agent import volume_moves as agent_volume_moves
+from agent.api_token import load_or_create
 from agent.client import AgentCallError, AgentClient
 from agent.schemas import VolumeFetch
 from controller.cli.client import ApiClient, Credentials
@@ -104,8 +108,36 @@ def wait_server_status(api: Any, server_id: str, status: str) -> None:
         time.sleep(0.2)
 
 
-def test_attach_moves_the_volume_to_the_servers_host_and_back(api: Any, agents: Any, tmp_path: Path) -> None:
+def agent_secrets(api: Any, *hosts: Any) -> set[str]:
+    """Every secret that opens an agent's API: the join token, each agent's API token (as the agent keeps it
+    and as the controller learned it from its heartbeats)."""
+    found = {api.ctx.join_token}
+    for host in hosts:
+        found |= {load_or_create(host.settings.state_dir), db_row(api, Host, host.host_id).agent_token}
+    return found
+
+
+def refused(call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except AgentCallError as exc:
+        return exc.status == 401
+    return False
+
+
+def test_attach_moves_the_volume_to_the_servers_host_and_back(
+    api: Any, agents: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     host_a, host_b = agents.start("a"), agents.start("b")
+    # What the target agents are sent to fetch with (the agents run in this process).
+    sent: list[VolumeFetch] = []
+    real_fetch = agent_volume_moves.fetch_volume
+
+    def recording_fetch(svc: Any, volume_id: str, request: VolumeFetch) -> Any:
+        sent.append(request)
+        return real_fetch(svc, volume_id, request)
+
+    monkeypatch.setattr(agent_volume_moves, "fetch_volume", recording_fetch)
     ecs, evs = api.ecs(), evs_client(api)
     net = make_net(api)
     server_a = server_on(api, net, "on-a", host_a, [host_b])
@@ -121,14 +153,28 @@ def test_attach_moves_the_volume_to_the_servers_host_and_back(api: Any, agents: 
     assert wait_job(ecs, detach(ecs, server_a, volume_id).job_id).status == "SUCCESS"
     reference = snapshot_of(on_a, tmp_path / "reference.qcow2")
 
+    # The controller calls each agent with the API token the agent reported; once it has, the shared join token
+    # opens neither agent (every host registered with it holds it).
+    secrets = agent_secrets(api, host_a, host_b)
+    assert len(secrets) == 3
+    for host in (host_a, host_b):
+        with AgentClient(host.url, api.ctx.join_token) as joiner:
+            assert refused(joiner.host_info)
+
     # A rerun's view: the target already got a whole copy (agent to agent over HTTP) before a crash; the move
-    # keeps that copy instead of fetching it again.
-    client_a = AgentClient(host_a.url, api.ctx.join_token)
-    client_b = AgentClient(host_b.url, api.ctx.join_token)
+    # keeps that copy instead of fetching it again. The target fetches with the export's own download token.
+    client_a = AgentClient(host_a.url, db_row(api, Host, host_a.host_id).agent_token)
+    client_b = AgentClient(host_b.url, db_row(api, Host, host_b.host_id).agent_token)
     export = client_a.export_volume(volume_id, f"move-{volume_id}")
-    url, headers = client_a.export_download(export.id)
-    token = headers["Authorization"].removeprefix("Bearer ")
+    url, token = client_a.export_file_url(export.id), export.download_token
+    assert token not in secrets
     fetched = client_b.fetch_volume(volume_id, VolumeFetch(url=url, token=token, checksum=export.checksum))
+    # That token opens nothing else on either agent.
+    for host in (host_a, host_b):
+        with AgentClient(host.url, token) as holder:
+            assert refused(holder.host_info) and refused(lambda: holder.get_volume(volume_id))
+            assert refused(lambda: holder.delete_export(export.id))
+            assert refused(lambda: holder.export_volume(volume_id, "move-other"))
     assert fetched.size_gib == 2 and same_data(on_b, reference)
     # A fetch whose bytes do not hash as announced leaves nothing behind and the copy as it was.
     bad = VolumeFetch(url=url, token=token, checksum="0" * 64)
@@ -141,8 +187,14 @@ def test_attach_moves_the_volume_to_the_servers_host_and_back(api: Any, agents: 
     client_a.close()
     client_b.close()
 
+    sent.clear()
     job = wait_job(ecs, attach(ecs, server_b, volume_id).job_id)
     assert job.status == "SUCCESS", job
+    # b was sent the export's download token (the same export again), not a secret of either agent; the
+    # export is gone now, and its token with it.
+    assert [(f.url, f.token) for f in sent] == [(url, token)]
+    with httpx.Client(trust_env=False) as http:
+        assert http.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 401
     volume = show_volume(evs, volume_id)
     assert (volume.status, [a.server_id for a in volume.attachments]) == ("in-use", [server_b])
     assert db_row(api, Volume, volume_id).host_id == host_b.host_id
@@ -156,8 +208,11 @@ def test_attach_moves_the_volume_to_the_servers_host_and_back(api: Any, agents: 
     write_pattern(on_b, 0xB6, offset=1024**3)
     reference_b = snapshot_of(on_b, tmp_path / "reference-b.qcow2")
     snapshot_of(reference, on_a)  # the old data, as a copy left behind would hold it
+    sent.clear()
     assert wait_job(ecs, attach(ecs, server_a, volume_id).job_id).status == "SUCCESS"
     assert db_row(api, Volume, volume_id).host_id == host_a.host_id
+    (back,) = sent
+    assert back.url.startswith(host_b.url) and back.token not in secrets | {token}
     assert same_data(on_a, reference_b) and holds_pattern(on_a, 0xB6, offset=1024**3)
     assert not on_b.exists() and leftovers(host_a) == [] and leftovers(host_b) == []
 
