@@ -208,15 +208,14 @@ def test_server_backup_while_writing_restore_volume_from_backup_and_agent_killed
         assert (op.status, op.extra_info.common.progress) == ("success", 100)
     assert staging_files(home) == []
 
-    # ... and again while the staged copy is being uploaded to the backup store.
-    agent = _pid(home, "agent")
+    # ... and again while the staged copy is being uploaded: the store is writing its hidden partial object.
+    agent, store = _pid(home, "agent"), home / "backups"
     upload_checkpoint = start_checkpoint(cbr, volume_vault.id, "killed-upload")
     deadline = time.monotonic() + WAIT_S
-    while not [name for name in staging_files(home) if not name.startswith(".")]:
-        assert time.monotonic() < deadline, "the backup's copy was never staged"
+    while not [p.name for p in store.iterdir() if p.name.startswith(".")]:
+        assert time.monotonic() < deadline, "the upload never started"
         time.sleep(POLL_S)
     os.kill(agent, signal.SIGKILL)
-    store = home / "backups"
     in_store_at_kill = sorted(p.name for p in store.iterdir())
     status_at_kill = checkpoint_status(cbr, upload_checkpoint)
     _wait("the agent to die", lambda: _gone(agent), poll=0.01)
