@@ -1,6 +1,7 @@
 """Operator APIs (admin credentials only, anyone else 403): hosts and project quotas.
 
 `GET /v1/admin/hosts`, `POST /v1/admin/hosts/{host_id}/disable|enable` (body optional: `{"reason": "…"}`),
+`POST /v1/admin/hosts/{host_id}/forget` (a reinstalled host's agent may register it anew),
 `GET|PUT /v1/admin/projects/{project_id}/quotas` (`{"quota": {"instances": 10, …}}`; null restores the
 default, -1 is unlimited).
 """
@@ -18,7 +19,7 @@ from controller.context import ControllerContext
 from controller.db import session_scope
 from controller.errors import Forbidden, NotFound
 from controller.models.project import Project
-from controller.services import hosts, quotas
+from controller.services import host_identity, hosts, quotas
 
 router = APIRouter()
 
@@ -65,6 +66,17 @@ def enable_host(
     host_id: str, caller: AdminCaller, request: Request, body: HostActionIn | None = None
 ) -> dict[str, Any]:
     return _set_enabled(request, host_id, True, None)
+
+
+@router.post("/v1/admin/hosts/{host_id}/forget")
+def forget_host(host_id: str, caller: AdminCaller, request: Request) -> dict[str, Any]:
+    """Drop the host's agent API token on record (a reinstalled host): the next agent registering it is
+    trusted as on its first registration. The host is down until then."""
+    ctx = _ctx(request)
+    with session_scope(ctx.engine) as session:
+        host = host_identity.forget(session, host_id, ctx.settings.host_dead_seconds)
+        view = hosts.host_view(host, ctx.settings.host_dead_seconds)
+    return {"host": view}
 
 
 def _set_enabled(request: Request, host_id: str, enabled: bool, reason: str | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from controller.models.backup import (
     UpdateVaultIn,
     Vault,
 )
-from controller.services import backups
+from controller.services import backups, transfer_grants
 from controller.services.backup_store import StoreError, open_store
 from controller.services.backup_views import backup_view, checkpoint_view, op_log_view, vault_view
 
@@ -249,8 +249,9 @@ def _disk_backup(request: Request, backup_id: str, statuses: tuple[str, ...]) ->
 
 
 @router.put("/internal/backups/{backup_id}/file", dependencies=[Depends(require_join_token)])
-async def upload_backup_file(backup_id: str, request: Request) -> dict[str, Any]:
+async def upload_backup_file(backup_id: str, request: Request, grant: str | None = None) -> dict[str, Any]:
     """An agent streams a staged copy here; the store writes it in a worker thread as it arrives."""
+    transfer_grants.check(_ctx(request).settings, "backup", backup_id, "PUT", grant)
     backup = await anyio.to_thread.run_sync(_disk_backup, request, backup_id, (backups.PROTECTING,))
     stream = request.stream().__aiter__()
 
@@ -267,7 +268,8 @@ async def upload_backup_file(backup_id: str, request: Request) -> dict[str, Any]
 
 
 @router.get("/internal/backups/{backup_id}/file", dependencies=[Depends(require_join_token)])
-def download_backup_file(backup_id: str, request: Request) -> StreamingResponse:
+def download_backup_file(backup_id: str, request: Request, grant: str | None = None) -> StreamingResponse:
+    transfer_grants.check(_ctx(request).settings, "backup", backup_id, "GET", grant)
     backup = _disk_backup(request, backup_id, (backups.AVAILABLE, backups.RESTORING, backups.PROTECTING))
     if backup.store_key is None:
         raise NotFound(f"backup {backup_id} holds no data", code=backups.BACKUP_NOT_FOUND)

@@ -1,5 +1,5 @@
 """IMS: list, show, create (from a URL, a server or an upload), update and delete images for tenants, and
-`GET /internal/images/{id}/file` for agents (join token)."""
+`GET /internal/images/{id}/file` for agents (join token and transfer grant)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from controller.errors import BadRequest, Conflict
 from controller.logs import request_id_var
 from controller.models.common import iso_z
 from controller.models.image import QUEUED, CreateImageIn, GlanceImageIn, Image, PatchOp, RegisterImageIn
-from controller.services import image_store, images
+from controller.services import image_store, images, transfer_grants
 from controller.services.image_import import ImageImportFailed, StagedImage
 
 router = APIRouter()
@@ -246,7 +246,8 @@ def delete_image(image_id: str, caller: CallerDep, request: Request) -> Response
 
 
 @router.get("/internal/images/{image_id}/file", dependencies=[Depends(require_join_token)])
-def download_image(image_id: str, request: Request) -> FileResponse:
+def download_image(image_id: str, request: Request, grant: str | None = None) -> FileResponse:
+    transfer_grants.check(request.app.state.ctx.settings, "image", image_id, "GET", grant)
     with Session(request.app.state.ctx.engine) as session:
         path = image_store.image_file(session, image_id)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{image_id}.qcow2")

@@ -19,7 +19,7 @@ from controller.db import session_scope
 from controller.errors import Unauthorized
 from controller.models.common import utcnow
 from controller.models.host import Host
-from controller.services import join_tokens
+from controller.services import host_identity, join_tokens
 from controller.services.power_sync import apply_power_report
 
 router = APIRouter()
@@ -60,6 +60,8 @@ def register_host(info: HostInfo, request: Request, token: HostToken) -> dict[st
         else:
             join_tokens.refuse_shared_for(session, info.host_id)
         host = session.get(Host, info.host_id)
+        if host is not None and token is None:
+            host_identity.check_shared_claim(host, info)  # only its own agent may speak for it
         if host is None:
             host = Host(
                 id=info.host_id,

@@ -16,6 +16,7 @@ from controller.errors import BadRequest, Conflict, NotFound
 from controller.models.backup import VOLUME_TYPE, Backup
 from controller.models.snapshot import Snapshot
 from controller.models.volume import Volume
+from controller.services import transfer_grants
 
 BACKUP = "backup"
 BACKUP_NOT_FOUND = "BackupService.6102"
@@ -25,10 +26,12 @@ _USABLE = ("available", "restoring")  # restoring only reads the stored data
 
 
 def backup_file(settings: Settings, disk: Backup) -> BackupFile:
-    """Where an agent GETs one disk backup (with the join token), or `url` None for a never-written disk."""
+    """Where an agent GETs one disk backup (a URL with a grant for it), or `url` None for a never-written
+    disk."""
     if disk.store_key is None:
         return BackupFile(url=None)
-    return BackupFile(url=f"{settings.endpoint}/internal/backups/{disk.id}/file", checksum=disk.checksum)
+    url = transfer_grants.signed_url(settings, "backup", disk.id, "GET")
+    return BackupFile(url=url, checksum=disk.checksum)
 
 
 def disk_backup(session: Session, project_id: str, backup_id: str) -> Backup:

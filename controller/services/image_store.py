@@ -27,6 +27,7 @@ from controller.db import session_scope
 from controller.errors import BadRequest, NotFound
 from controller.models.common import utcnow
 from controller.models.image import ACTIVE, DELETED, Image
+from controller.services import transfer_grants
 from controller.services.flavors import seed_flavors
 
 if TYPE_CHECKING:
@@ -233,7 +234,7 @@ def image_ref(image: Image, settings: Settings) -> ImageRef:
     return ImageRef(
         id=image.id,
         checksum=image.checksum,
-        url=f"{settings.endpoint}/internal/images/{image.id}/file",
+        url=transfer_grants.signed_url(settings, "image", image.id, "GET"),
         disk_format=image.disk_format,
         min_disk_gib=image.min_disk,
     )

@@ -1,4 +1,4 @@
-"""`labcloud host list|disable|enable`: hypervisor hosts through the admin API (admin credentials)."""
+"""`labcloud host list|disable|enable|forget`: hypervisor hosts through the admin API (admin credentials)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     enable = verbs.add_parser("enable", help="place new servers on a host again")
     enable.add_argument("host", metavar="ID|HOSTNAME")
     enable.set_defaults(func=enable_host)
+    forget = verbs.add_parser(
+        "forget", help="let a reinstalled host's new agent register it (drops the old agent's API token)"
+    )
+    forget.add_argument("host", metavar="ID|HOSTNAME")
+    forget.set_defaults(func=forget_host)
     join_tokens.register(verbs)
 
 
@@ -78,4 +83,12 @@ def enable_host(args: argparse.Namespace, ctx: CliContext) -> int:
     host = find_host(client, args.host)
     done = client.post(f"/v1/admin/hosts/{quote(host['id'], safe='')}/enable")["host"]
     say(f"host {done['id']} ({done['hostname']}) enabled")
+    return 0
+
+
+def forget_host(args: argparse.Namespace, ctx: CliContext) -> int:
+    client = ctx.client()
+    host = find_host(client, args.host)
+    done = client.post(f"/v1/admin/hosts/{quote(host['id'], safe='')}/forget")["host"]
+    say(f"host {done['id']} ({done['hostname']}) forgotten: down until an agent registers it again")
     return 0

@@ -26,6 +26,7 @@ from controller.models.backup import VOLUME_TYPE, Backup, Checkpoint, OperationL
 from controller.models.common import utcnow
 from controller.models.server import Server
 from controller.models.volume import Volume
+from controller.services import transfer_grants
 from controller.services.backup_sources import backup_file
 from controller.services.backup_store import open_store
 from controller.services.backups import (
@@ -155,10 +156,10 @@ def _protect(jctx: JobContext, top: Backup) -> None:
         what = f"backing up {top.resource_id}"
         call_agent_patiently(jctx, host_id, what, lambda c: c.take_backups(request, request_id=rid))
         _progress(jctx, op_id, 30)
-        url = f"{jctx.ctx.settings.endpoint}/internal/backups/%s/file"
         for n, disk in enumerate(disks, 1):
             if disk.store_key is None:
-                _upload(jctx, host_id, disk, url % disk.id)
+                put_url = transfer_grants.signed_url(jctx.ctx.settings, "backup", disk.id, "PUT")
+                _upload(jctx, host_id, disk, put_url)
             _progress(jctx, op_id, 30 + 65 * n // len(disks))
         for disk in disks:
             call_agent_patiently(

@@ -21,7 +21,7 @@ from controller.errors import NotFound
 from controller.main import build_context
 from controller.models.flavor import Flavor
 from controller.models.image import DELETED, Image
-from controller.services import image_store
+from controller.services import image_store, transfer_grants
 
 
 def make_seed(directory: Path, *, sha256: str | None = None) -> Path:
@@ -151,7 +151,10 @@ def test_visibility_and_image_refs(context: ControllerContext, tmp_path: Path) -
             with pytest.raises(NotFound):
                 image_store.get_image(session, project, image_id)
         ref = image_store.image_ref(image_store.get_image(session, "p1", public.id), context.settings)
-    assert ref.url == f"http://127.0.0.1:18555/internal/images/{public.id}/file"
+    # A presigned URL: a grant for reading this image only (`transfer_grants`).
+    path, _, query = ref.url.partition("?grant=")
+    assert path == f"http://127.0.0.1:18555/internal/images/{public.id}/file"
+    transfer_grants.check(context.settings, "image", public.id, "GET", query)
     assert (ref.id, ref.checksum, ref.disk_format, ref.min_disk_gib) == (
         public.id,
         public.checksum,
