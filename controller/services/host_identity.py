@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 AGENT_UNAUTHORIZED = "Agent.0401"
 HOST_CONFLICT = "Agent.0409"
 HOST_NOT_FOUND = "Ecs.0114"
+FORGOTTEN_URL = ""  # a forgotten host's: nobody to call, and the next agent registering the id claims it
 
 
 def check_shared_claim(host: Host, info: HostInfo) -> None:
@@ -46,7 +47,7 @@ def check_shared_claim(host: Host, info: HostInfo) -> None:
         if info.url != host.url:
             log.info("host %s moved from %s to %s (its agent proved itself)", host.id, host.url, info.url)
         return
-    if info.url != host.url:  # no secret on record to prove anything with
+    if host.url != FORGOTTEN_URL and info.url != host.url:  # no secret on record to prove anything with
         log.warning(
             "refused moving host %s (no API token on record) from %s to %s", host.id, host.url, info.url
         )
@@ -58,12 +59,12 @@ def check_shared_claim(host: Host, info: HostInfo) -> None:
 
 
 def forget(session: Session, host_id: str, dead_after: float) -> Host:
-    """Drop the host's API secret on record and mark it down, so the next agent registering its id is
-    accepted as its own (and the controller calls nobody with the old secret meanwhile)."""
+    """Drop the host's URL and API secret on record and mark it down, so the next agent registering its id
+    is accepted as its own (and the controller calls nobody meanwhile)."""
     host = session.get(Host, host_id)
     if host is None:
         raise NotFound(f"Host {host_id} could not be found.", code=HOST_NOT_FOUND)
-    host.agent_token = None
+    host.agent_token, host.url = None, FORGOTTEN_URL
     # "down" everywhere is a heartbeat older than `dead_after` (scheduler, reconciler, views).
     silent_since = utcnow() - timedelta(seconds=dead_after + 1)
     last = host.last_heartbeat

@@ -65,6 +65,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 1000, 1000
 # Data volumes take vdb..vdz; vda is the root disk. The letter a caller asks for is kept (sdc -> vdc).
 _DEVICE = re.compile(r"^/dev/(?:vd|sd|xvd)([b-z])$")
 _LETTERS = "bcdefghijklmnopqrstuvwxyz"
+ROOT_DISK = "vda"
 MAX_DATA_VOLUMES = len(_LETTERS)
 
 
@@ -428,6 +429,7 @@ def detach_volume(
 ) -> str:
     with session_scope(ctx.engine) as session:
         server = get_server(session, project_id, server_id)
+        _check_not_root_disk(server, volume_id)
         volume = get_volume(session, project_id, volume_id)
         if volume.server_id != server.id:
             raise BadRequest(
@@ -446,6 +448,17 @@ def detach_volume(
     log.info("detaching volume %s from server %s (job %s)", volume_id, server_id, job.id)
     ctx.kick_jobs()
     return job.id
+
+
+def _check_not_root_disk(server: Server, volume_id: str) -> None:
+    """400 for a detach naming the root disk: it is the server's own overlay, not an EVS volume, so it has no
+    volume id; a caller may still try the server's id or its device name."""
+    if volume_id in (server.id, ROOT_DISK, f"/dev/{ROOT_DISK}"):
+        raise BadRequest(
+            f"{volume_id!r} names the root disk (/dev/{ROOT_DISK}) of server {server.id}: it is part of the "
+            "server, not an EVS volume, and cannot be detached (it goes when the server is deleted)",
+            code=BAD_VOLUME_REQUEST,
+        )
 
 
 def _check_server_ready(server: Server) -> None:

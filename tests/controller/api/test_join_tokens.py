@@ -38,16 +38,19 @@ def host_states(api: Any) -> dict[str, str]:
     return {h["id"]: h["state"] for h in admin_call(api, "GET", "/v1/admin/hosts")["hosts"]}
 
 
-def heartbeat(api: Any, token: str, host_id: str) -> httpx.Response:
+def heartbeat(
+    api: Any, token: str, host_id: str, *, url: str = "http://127.0.0.1:9", agent_token: str | None = None
+) -> httpx.Response:
     """What an agent sends to register and on every heartbeat, by hand."""
     info = HostInfo(
         host_id=host_id,
         hostname=host_id,
-        url="http://127.0.0.1:9",
+        url=url,
         accelerator="tcg",
         vcpus=2,
         memory_mib=2048,
         disk_gib=10,
+        agent_token=agent_token,
     )
     return httpx.post(
         f"{api.endpoint}/internal/hosts",
@@ -117,8 +120,9 @@ def test_an_agent_joins_with_its_own_token_and_is_cut_off_when_it_is_revoked(api
     time.sleep(3 * remote.settings.heartbeat_seconds)
     assert row_of_host(api, remote.host_id).last_heartbeat == silent_since
     assert host_states(api)[remote.host_id] == "down"
-    # The shared token still works for the local agent.
-    assert heartbeat(api, api.ctx.join_token, local.host_id).status_code == 200
+    # The shared token still works for the local agent (which proves itself with its API token).
+    local_secret = row_of_host(api, local.host_id).agent_token
+    assert heartbeat(api, api.ctx.join_token, local.host_id, url=local.url, agent_token=local_secret).is_success
     assert host_states(api)[local.host_id] == "up"
 
 

@@ -50,7 +50,7 @@ from agent.storage.layout import instance_paths
 from agent.virt.domain_xml import find_disk_device
 from controller.models.job import Job
 from controller.models.volume import Volume
-from controller.services.volume_state import TRANSITIONS, refusal
+from controller.services.volume_state import STATUSES, TRANSITIONS, refusal
 from tests.controller.api.helpers import expect_error
 from tests.controller.api.server_helpers import create_and_wait, make_net, server, wait_job
 
@@ -106,9 +106,9 @@ def volume_rows(api: Any) -> int:
         return int(session.exec(select(func.count()).select_from(Volume)).one())
 
 
-def stopped_server(api: Any) -> str:
+def stopped_server(api: Any, net: Any = None) -> str:
     ecs = api.ecs()
-    (server_id,), job = create_and_wait(ecs, server(make_net(api)))
+    (server_id,), job = create_and_wait(ecs, server(net or make_net(api)))
     assert job.status == "SUCCESS", job
     body = BatchStopServersRequestBody(os_stop=BatchStopServersOption(servers=[ServerId(id=server_id)]))
     assert (
@@ -118,13 +118,28 @@ def stopped_server(api: Any) -> str:
 
 
 @pytest.mark.parametrize("action", sorted(TRANSITIONS))
-@pytest.mark.parametrize("status", ["creating", "available", "attaching", "in-use", "detaching", "error"])
+@pytest.mark.parametrize("status", sorted(set(STATUSES) - {"deleted"}))
 def test_every_status_and_action_is_either_allowed_or_explained(status: str, action: str) -> None:
     t = TRANSITIONS[action]
     reason = refusal(status, action)
     assert (reason is None) == (status in t.allowed_from)
     if reason is not None:
         assert status in reason
+
+
+def test_the_usual_transitions() -> None:
+    """EVS's lifecycle: what each action starts from, passes through and ends in."""
+    table = {
+        a: (sorted(t.allowed_from), t.during, t.on_success, t.on_failure) for a, t in TRANSITIONS.items()
+    }
+    assert table["create"] == ([], "creating", "available", "error")
+    assert table["attach"] == (["available"], "attaching", "in-use", "available")
+    assert table["detach"] == (["in-use"], "detaching", "available", "in-use")
+    assert table["delete"] == (["available", "error", "error_rollbacking"], "deleting", "deleted", "error")
+    assert table["extend"] == (["available", "in-use"], "extending", None, None)  # back where it began
+    # In-use and busy volumes are never deleted; an error volume can only be deleted.
+    assert all(refusal(s, "delete") for s in ("in-use", "attaching", "detaching", "extending", "creating"))
+    assert [a for a in TRANSITIONS if refusal("error", a) is None] == ["delete"]
 
 
 def test_create_show_list_update_delete(api: Any) -> None:
@@ -151,11 +166,36 @@ def test_create_show_list_update_delete(api: Any) -> None:
     assert evs.list_volumes(ListVolumesRequest(status="in-use")).count == 0
     page = evs.list_volumes(ListVolumesRequest(limit=2, offset=2))
     assert page.count == 3 and len(page.volumes) == 1
+    pages = [evs.list_volumes(ListVolumesRequest(limit=1, offset=i)).volumes for i in range(3)]
+    assert [p[0].id for p in pages] == [v.id for v in listed.volumes]  # newest first, each once
+    assert evs.list_volumes(ListVolumesRequest(availability_zone="lab-1a")).count == 3
+    assert evs.list_volumes(ListVolumesRequest(availability_zone="lab-1b")).count == 0
+    assert evs.list_volumes(ListVolumesRequest(server_id="no-such-server")).count == 0
+    assert evs.list_volumes(ListVolumesRequest(status="available", name="data")).count == 1
+    for bad in (
+        ListVolumesRequest(limit=0),
+        ListVolumesRequest(offset=-1),
+        ListVolumesRequest(status="bogus"),
+    ):
+        expect_error(lambda bad=bad: evs.list_volumes(bad), 400, "EVS.2024")
 
     body = UpdateVolumeRequestBody(volume=UpdateVolumeOption(name="renamed", description="scratch"))
     updated = evs.update_volume(UpdateVolumeRequest(volume_id=volume.id, body=body))
     assert (updated.name, updated.description, updated.size) == ("renamed", "scratch", 1)
     assert show_volume(evs, volume.id).name == "renamed"
+    nothing = UpdateVolumeRequestBody(volume=UpdateVolumeOption())
+    expect_error(
+        lambda: evs.update_volume(UpdateVolumeRequest(volume_id=volume.id, body=nothing)), 400, "EVS.2024"
+    )
+    too_long = UpdateVolumeRequestBody(volume=UpdateVolumeOption(name="x" * 65))
+    expect_error(
+        lambda: evs.update_volume(UpdateVolumeRequest(volume_id=volume.id, body=too_long)), 400, "EVS.2024"
+    )
+    expect_error(lambda: evs.update_volume(UpdateVolumeRequest(volume_id="nope", body=body)), 404, "EVS.2025")
+    assert (show_volume(evs, volume.id).name, show_volume(evs, volume.id).description) == (
+        "renamed",
+        "scratch",
+    )
 
     deleted = evs.delete_volume(DeleteVolumeRequest(volume_id=volume.id))
     assert wait_evs_job(evs, deleted.job_id).status == "SUCCESS"
@@ -240,7 +280,8 @@ def wait_volume(evs: Any, volume_id: str, status: str) -> None:
 
 def test_bad_attach_and_detach_change_nothing(api: Any, agent_host: Any) -> None:
     ecs, evs = api.ecs(), evs_client(api)
-    server_id = stopped_server(api)
+    net = make_net(api)
+    server_id, elsewhere = stopped_server(api, net), stopped_server(api, net)
     attached, spare = (create_volume(evs, name=n).volume_ids[0] for n in ("attached", "spare"))
     wait_volume(evs, attached, "available")
     wait_volume(evs, spare, "available")
@@ -253,6 +294,14 @@ def test_bad_attach_and_detach_change_nothing(api: Any, agent_host: Any) -> None
 
     before = snapshot()
     expect_error(lambda: attach(ecs, server_id, attached), 409, "EVS.2026")  # already in use
+    exc = expect_error(lambda: attach(ecs, elsewhere, attached), 409, "EVS.2026")  # in use elsewhere
+    assert "in-use" in exc.error_msg
+    expect_error(lambda: attach(ecs, elsewhere, spare, "/dev/vda"), 400, "Ecs.0005")  # the root disk's device
+    # The root disk is no EVS volume: whatever a caller names it by, a detach is a clear 400.
+    for root in (server_id, "vda"):
+        exc = expect_error(lambda root=root: detach(ecs, server_id, root), 400, "EVS.2024")
+        assert "root disk" in exc.error_msg
+    expect_error(lambda: detach(ecs, elsewhere, attached), 400, "EVS.2024")  # attached to another server
     expect_error(lambda: attach(ecs, server_id, spare, "/dev/vdb"), 400, "Ecs.0005")  # device taken
     expect_error(lambda: attach(ecs, server_id, spare, "/dev/hda"), 400, "Ecs.0005")
     expect_error(lambda: attach(ecs, server_id, "no-such-volume"), 404, "EVS.2025")
@@ -272,6 +321,30 @@ def test_bad_attach_and_detach_change_nothing(api: Any, agent_host: Any) -> None
     assert snapshot() == before
 
 
+def test_attach_to_a_server_in_another_zone_is_refused(api: Any, agents: Any) -> None:
+    agents.start("a")
+    agents.start("b", availability_zone="lab-1b")
+    ecs, evs = api.ecs(), evs_client(api)
+    (server_id,), job = create_and_wait(ecs, server(make_net(api), availability_zone="lab-1a"))
+    assert job.status == "SUCCESS", job
+    body = CreateVolumeRequestBody(
+        volume=CreateVolumeOption(availability_zone="lab-1b", size=1, volume_type="SSD", name="far")
+    )
+    created = evs.create_volume(CreateVolumeRequest(body=body))
+    assert wait_evs_job(evs, created.job_id).status == "SUCCESS"
+    (volume_id,) = created.volume_ids
+
+    def jobs() -> int:
+        with Session(api.ctx.engine) as session:
+            return int(session.exec(select(func.count()).select_from(Job)).one())
+
+    before = jobs()
+    exc = expect_error(lambda: attach(ecs, server_id, volume_id), 400, "Ecs.0005")
+    assert "lab-1b" in exc.error_msg and "same availability zone" in exc.error_msg
+    volume = show_volume(evs, volume_id)
+    assert (volume.status, volume.attachments, jobs()) == ("available", [], before)
+
+
 def test_a_deleted_servers_volume_is_not_stuck_in_use(api: Any, agent_host: Any) -> None:
     ecs, evs = api.ecs(), evs_client(api)
     server_id = stopped_server(api)
@@ -280,9 +353,11 @@ def test_a_deleted_servers_volume_is_not_stuck_in_use(api: Any, agent_host: Any)
     assert wait_job(ecs, attach(ecs, server_id, volume_id).job_id).status == "SUCCESS"
     volume_file = agent_host.settings.state_dir / "volumes" / f"{volume_id}.qcow2"
 
-    body = DeleteServersRequestBody(servers=[ServerId(id=server_id)])
+    root_disk = instance_paths(agent_host.settings.state_dir, server_id).root_disk
+    body = DeleteServersRequestBody(servers=[ServerId(id=server_id)], delete_volume=False)
     assert wait_job(ecs, ecs.delete_servers(DeleteServersRequest(body=body)).job_id).status == "SUCCESS"
     assert volume_file.exists()  # the server's disks went, the volume's data did not
+    assert not root_disk.exists()
     released = show_volume(evs, volume_id)
     assert (released.status, released.attachments) == ("available", [])
 
