@@ -91,7 +91,8 @@ class Heartbeat:
             if self._api_token:
                 info = info.model_copy(update={"agent_token": self._api_token})
             response = self._http.post(self._url, json=info.model_dump(mode="json"))
-            response.raise_for_status()
+            if response.is_error:  # the controller's reason, e.g. why it refuses this host id
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
         except Exception as exc:  # any failure is retried at the next tick
             self._set_healthy(False, f"{type(exc).__name__}: {exc}")
             return False

@@ -124,7 +124,7 @@ class PortSpec(BaseModel):
 class ImageRef(BaseModel):
     id: str
     checksum: str  # sha256 of the qcow2 file; the agent's cache key
-    url: str  # where the agent fetches it (the controller's image store)
+    url: str  # where the agent fetches it (the controller's image store; carries a grant for this image)
     disk_format: str = "qcow2"
     min_disk_gib: int = 0
 
@@ -167,8 +167,8 @@ class ServerState(BaseModel):
 
 
 class BackupFile(BaseModel):
-    """One disk backup in the controller's backup store: `url` to GET it (join token), its sha256, or
-    `url` None for a disk that was never written (restores as an empty disk)."""
+    """One disk backup in the controller's backup store: `url` to GET it (join token; the URL carries a grant
+    for this backup), its sha256, or `url` None for a disk that was never written (restores as an empty disk)."""
 
     url: str | None
     checksum: str | None = None
@@ -197,7 +197,8 @@ class StagedBackup(BaseModel):
 
 
 class BackupUpload(BaseModel):
-    """`POST /v1/backups/{id}/upload`: stream the staged copy to `url` (the controller's backup store)."""
+    """`POST /v1/backups/{id}/upload`: stream the staged copy to `url` (the controller's backup store, with a
+    grant to write this backup)."""
 
     url: str
 

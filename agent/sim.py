@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from agent.api_token import load_or_create
 from agent.config import AgentSettings
 from agent.main import Heartbeat
 from agent.main import create_app as create_agent_app
@@ -237,6 +238,8 @@ class SimulatedFleet:
             self.heartbeat_seconds,
             service.host_info,
             transport=self._beat_transport,
+            # Reported so the controller calls it with this secret and only its own fleet may heartbeat it.
+            api_token=load_or_create(settings.state_dir),
         )
         self._router.apps[host_id] = app
         self.hosts.append(SimulatedHost(host_id, url, settings, service, app, heartbeat))

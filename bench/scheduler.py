@@ -128,7 +128,7 @@ def claimed_usage(session: Session) -> dict[str, tuple[int, int, int]]:
 def bench_pure(controller: Controller, asks: list[Ask], policy: SchedulerPolicy) -> dict[str, Any]:
     with Session(controller.ctx.engine) as session:
         hosts = list(session.exec(select(Host)).all())
-        candidates = host_candidates(session, hosts)
+        candidates = host_candidates(hosts)
     index = {c.id: i for i, c in enumerate(candidates)}
     placed = refused = 0
     cpu_started = time.thread_time()  # this thread's CPU: what the decisions cost however busy the machine is

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import PositiveFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("/var/lib/labcloud")
@@ -26,6 +27,10 @@ class Settings(BaseSettings):
     job_lease_seconds: float = 30.0
     job_max_attempts: int = 3
     host_dead_seconds: float = 45.0
+    # Overcommit: a host offers its vCPUs, RAM and disk times these to the scheduler.
+    cpu_allocation_ratio: PositiveFloat = 4.0
+    ram_allocation_ratio: PositiveFloat = 1.0
+    disk_allocation_ratio: PositiveFloat = 1.0
     # Reconciler: how often it compares the database with the agents (0 turns the loop off), how long a server
     # may sit in a task or BUILD with no job working on it before it becomes ERROR, and what to do with
     # domains that no server owns.

@@ -18,6 +18,8 @@ One pass (`run_once`) applies these rules; the loop (`ReconcilerLoop`) repeats i
     stale specs) is pushed the current view (`services.overlay_repair`); so is a security group whose rules or
     members on the host differ from the database's (`services.sg_repair`).
   An agent that heartbeats but does not answer is skipped this round; if it stays silent it goes down.
+- **Usage counters**: a host whose `claimed_*` counters differ from what its live servers claim (a write path that
+  missed them, a row changed by hand) gets them recomputed (`services.host_usage.recompute`).
 - **Stuck**: a server in BUILD or with a task, unchanged for `task_timeout_seconds`, that no unfinished job names,
   becomes ERROR with fault `TASK_TIMEOUT`. An unfinished job belongs to the job queue, which re-claims expired
   leases and whose failure handler lands the server, so the reconciler leaves those servers alone.
@@ -44,7 +46,7 @@ from controller.models.common import iso_z, utcnow
 from controller.models.host import Host
 from controller.models.job import INIT, RUNNING, Job
 from controller.models.server import Server
-from controller.services import overlay_repair, sg_repair
+from controller.services import host_usage, overlay_repair, sg_repair
 from controller.services.hosts import host_state
 from controller.state import ACTIVE, BUILD, DELETED, ERROR, SHUTOFF
 
@@ -80,10 +82,18 @@ class Report:
     orphans_deleted: list[str] = field(default_factory=list)
     overlays_repaired: list[str] = field(default_factory=list)  # "<host>/<vpc>": stale views pushed again
     groups_repaired: list[str] = field(default_factory=list)  # "<host>/<group>": stale groups pushed again
+    usage_healed: list[str] = field(default_factory=list)  # hosts whose usage counters were recomputed
 
     @property
     def changed(self) -> bool:
-        return bool(self.host_down or self.missing or self.recovered or self.stuck or self.orphans_deleted)
+        return bool(
+            self.host_down
+            or self.missing
+            or self.recovered
+            or self.stuck
+            or self.orphans_deleted
+            or self.usage_healed
+        )
 
 
 class ReconcilerLoop:
@@ -125,6 +135,8 @@ def run_once(ctx: ControllerContext) -> Report:
         else:
             _check_host(ctx, host, report)
     _fail_stuck(ctx, report)
+    with session_scope(ctx.engine) as session:
+        report.usage_healed = [drift.host_id for drift in host_usage.recompute(session)]
     if report.changed or report.orphans:
         log.info(
             "reconciled: %d host-down, %d missing, %d recovered, %d stuck, %d orphans (%d deleted)",

@@ -1,8 +1,8 @@
 """Placement: a pure function from a request and host capacities to a host id, or the reasons none fits.
 
-Filters drop hosts that cannot take the server (wrong AZ, disabled, silent, already holding a member of the
-server's anti-affinity group, out of vCPU/RAM/disk after the overcommit ratios); weights order the rest (most
-free RAM, then fewest servers, then id for a stable answer).
+Filters drop hosts that cannot take the server (wrong AZ, disabled, silent, without the accelerator the image
+needs, already holding a member of the server's anti-affinity group, out of vCPU/RAM/disk after the overcommit
+ratios); weights order the rest (most free RAM, then fewest servers, then id for a stable answer).
 The caller builds the candidates from the Host rows minus the claims of servers already placed, inside the
 transaction that records the new claim, so concurrent placements see each other.
 """
@@ -27,6 +27,7 @@ class PlacementRequest:
     disk_gib: int
     availability_zone: str | None = None  # None: any zone
     anti_affinity: AntiAffinity | None = None
+    accelerator: str | None = None  # what the image needs ("kvm": hardware virtualisation); None: any
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class HostCandidate:
     used_ram_mib: int = 0
     used_disk_gib: int = 0
     servers: int = 0
+    accelerator: str = ""  # what the host's agent reports: kvm or tcg
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ def schedule(
         policy.disk_allocation_ratio,
     )
     dead, vcpus, ram, disk = policy.host_dead_seconds, request.vcpus, request.ram_mib, request.disk_gib
+    accelerator = request.accelerator
     best: HostCandidate | None = None
     best_free = 0.0
     for host in hosts:
@@ -89,6 +92,7 @@ def schedule(
             (zone is not None and host.availability_zone != zone)
             or not host.enabled
             or host.heartbeat_age > dead
+            or (accelerator is not None and host.accelerator != accelerator)
             or host.id in taken
             or vcpus > host.vcpus * cpu_ratio - host.used_vcpus
             or disk > host.disk_gib * disk_ratio - host.used_disk_gib
@@ -121,6 +125,8 @@ def _refusal(request: PlacementRequest, host: HostCandidate, policy: SchedulerPo
         return "disabled"
     if host.heartbeat_age > policy.host_dead_seconds:
         return f"down (no heartbeat for {host.heartbeat_age:.0f} s)"
+    if request.accelerator is not None and host.accelerator != request.accelerator:
+        return f"accelerator {host.accelerator or 'unknown'}, the image needs {request.accelerator}"
     group = request.anti_affinity
     if group is not None and host.id in group.hosts:
         return f"already holds a member of anti-affinity server group {group.group_id}"

@@ -7,7 +7,7 @@ entry at once. It is sent through a packet socket, so the address need not be as
 external namespace only answers for EIPs through proxy ARP).
 
 The socket must be opened inside the external namespace, so `announce` runs this module there as a small
-program (`nsenter --net=… python -m agent.net.garp DEV IP…`): a thread of the agent never changes namespace.
+program (`nsenter --net=… python -P -m agent.net.garp DEV IP…`): a thread of the agent never changes namespace.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def announce(netns_path: str, dev: str, ips: Iterable[str]) -> None:
     if not wanted:
         return
     try:
-        proc.run(proc.in_netns(netns_path, [sys.executable, "-m", __name__, dev, *wanted]))
+        # -P: the agent's working directory holds its state dir `agent/`, which must not shadow the package.
+        proc.run(proc.in_netns(netns_path, [sys.executable, "-P", "-m", __name__, dev, *wanted]))
     except Exception as exc:  # an announcement failing must not fail the binding
         log.warning("gratuitous ARP for %s on %s failed: %s", wanted, dev, exc)
     else:

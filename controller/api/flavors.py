@@ -15,7 +15,10 @@ from controller.context import ControllerContext
 from controller.errors import BadRequest
 from controller.models.flavor import Flavor
 from controller.models.host import Host
+from controller.models.image import Image
 from controller.services import flavors
+from controller.services.server_resize import flavor_misfit
+from controller.services.servers import get_server
 
 router = APIRouter()
 
@@ -95,8 +98,9 @@ def list_resize_flavors(
     limit: Limit = None,
     marker: str | None = None,
 ) -> dict[str, Any]:
-    """Every enabled flavor but the source one. Any flavor fits any server here (root disks never shrink, and
-    the scheduler checks host capacity), so `instance_uuid` narrows nothing."""
+    """Every enabled flavor but the source one; with `instance_uuid` (404 unless it is one of the project's
+    servers), only those that server can be resized to: not its own, no smaller root disk, enough memory for
+    its image. The host's capacity is checked by the resize itself."""
     ctx: ControllerContext = request.app.state.ctx
     with Session(ctx.engine) as session:
         zones = availability_zones(session, ctx)
@@ -105,6 +109,10 @@ def list_resize_flavors(
             for f in flavors.list_flavors(session)
             if f.id != source_flavor_id and f.name != source_flavor_name
         ]
+        if instance_uuid:
+            server = get_server(session, caller.project_id, instance_uuid)
+            image = session.get(Image, server.image_id)
+            found = [f for f in found if flavor_misfit(server, f, image) is None]
         found = _after(found, marker, limit)
         return {
             "flavors": [

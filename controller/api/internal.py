@@ -2,7 +2,9 @@
 
 Agents present either the shared bootstrap token (`<home>/join-token`, the local agent of `labcloud up`) or a
 per-host join token an admin issued (`controller.services.join_tokens`), which only its own host may use (and a
-host with a token of its own cannot use the shared one).
+host with a token of its own cannot use the shared one). With the shared token, a registered host id answers only
+to its own agent (`controller.services.host_identity`); the store files also need a transfer grant
+(`controller.services.transfer_grants`).
 """
 
 from __future__ import annotations

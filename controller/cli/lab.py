@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from controller.bootstrap import write_private
 from controller.cli import daemon, netns
 from controller.cli.client import ApiCallError, ApiClient, Credentials
 from controller.cli.context import CliContext
@@ -161,7 +162,7 @@ def start_controller(lab: LabPlan, image: Path, timeout: float) -> None:
         LABCLOUD_EXTERNAL_GATEWAY=EXTERNAL_ADDR,
     )
     daemon.spawn(
-        netns.exec_argv(member.ns, [sys.executable, "-m", "controller"]),
+        netns.exec_argv(member.ns, [sys.executable, "-P", "-m", "controller"]),
         env=env,
         cwd=home.root,
         log_file=home.log_file("controller"),
@@ -186,13 +187,14 @@ def start_host(lab: LabPlan, member: Member) -> None:
 
 def start_agent(lab: LabPlan, member: Member) -> None:
     """A host's agent, in its namespace; also to start it again after it stopped or was killed (its stored
-    specs and the controller bring the host back to what it should be)."""
+    specs and the controller bring the host back to what it should be). `-P`, as `labcloud up` does: the
+    working directory is the host's home, whose `agent/` state directory would otherwise shadow the package."""
     assert member.home is not None and lab.controller.home is not None
     home = Home(member.home)
     env = daemon_env(home.root)
     env.update(
         LABCLOUD_AGENT_CONTROLLER_URL=lab.controller_url,
-        LABCLOUD_AGENT_JOIN_TOKEN=Home(lab.controller.home).join_token.read_text().strip(),
+        LABCLOUD_AGENT_JOIN_TOKEN=host_join_token(lab, member),
         LABCLOUD_AGENT_LIBVIRT_URI=NamespacedLibvirtd(member.ns, home).uri,
         LABCLOUD_AGENT_STATE_DIR=str(home.agent_state),
         LABCLOUD_AGENT_LISTEN_HOST=member.address,
@@ -205,12 +207,27 @@ def start_agent(lab: LabPlan, member: Member) -> None:
         LABCLOUD_AGENT_EXTERNAL_GATEWAY=EXTERNAL_ADDR,
     )
     daemon.spawn(
-        netns.exec_argv(member.ns, [sys.executable, "-m", "agent"]),
+        netns.exec_argv(member.ns, [sys.executable, "-P", "-m", "agent"]),
         env=env,
         cwd=home.root,
         log_file=home.log_file("agent"),
         pid_file=home.pid_file("agent"),
     )
+
+
+def host_join_token(lab: LabPlan, member: Member) -> str:
+    """The host's own join token (`<its home>/join-token`, 0600), issued for its host id on its first start:
+    no lab host holds a token that could register another, and a restarted agent joins with the same one."""
+    assert member.home is not None and lab.controller.home is not None
+    path = Home(member.home).join_token
+    if path.exists():
+        return path.read_text().strip()
+    creds = Credentials.load(Home(lab.controller.home).credentials)
+    body = {"join_token": {"host_id": member.name, "description": f"lab {lab.lab_id} {member.name}"}}
+    with netns.entered(lab.controller.ns), ApiClient(creds, timeout=30.0) as client:
+        token = str(client.post("/v1/admin/join-tokens", body)["join_token"]["token"])
+    write_private(path, token + "\n")
+    return token
 
 
 def _controller_healthy(lab: LabPlan) -> bool:

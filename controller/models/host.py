@@ -29,3 +29,10 @@ class Host(SQLModel, table=True):
     underlay_ip: str | None = None
     # The agent's address on the external network; None: the host has none, so no EIP can be bound to its ports.
     external_ip: str | None = None
+    # What the servers placed here claim (live servers only: not DELETED), kept by `services.host_usage` in the
+    # transaction that places, resizes, frees or deletes a server, so a claim reads one row per host instead of
+    # summing every server; the reconciler recomputes them from the servers to heal any drift.
+    claimed_vcpus: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    claimed_ram_mib: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    claimed_disk_gib: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    claimed_servers: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

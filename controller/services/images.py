@@ -5,7 +5,8 @@ killed when an import or a capture failed (nothing stays in the store; the job's
 *upload* puts the image back to queued instead, so the same record can take another upload, as Glance does.
 
 Deleting an image that a live server was created from is refused (409): its root disk is an overlay on the
-image's content. The agents' base-image caches are never pruned today, so hosts keep the file regardless.
+image's content. So is deleting one still to be copied into volumes or a changed OS (`image_users`). The agents'
+base-image caches are never pruned today, so hosts keep the file regardless.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from controller.models.image import (
 from controller.models.server import Server
 from controller.services import image_store
 from controller.services.image_import import StoredImage, min_disk_gib, parse_source_url
+from controller.services.image_users import waiting_on_image
 from controller.services.servers import SERVER_BUSY, get_server
 from controller.state import ACTIVE as SERVER_ACTIVE
 from controller.state import DELETED as SERVER_DELETED
@@ -342,6 +344,14 @@ def delete_image(ctx: ControllerContext, project_id: str, image_id: str) -> None
             raise Conflict(
                 f"Image {image_id} is in use by {len(users)} server(s) ({shown}): their root disks are overlays "
                 "on it. Delete those servers first.",
+                code=IMAGE_BUSY,
+            )
+        waiting = waiting_on_image(session, image_id)
+        if waiting:
+            raise Conflict(
+                f"Image {image_id} is still to be copied for {', '.join(waiting)}: volumes (or their snapshots) "
+                "are filled from it at their first attach, and a change of OS to it is under way. Attach or "
+                "delete those volumes, or wait for the change, first.",
                 code=IMAGE_BUSY,
             )
         if not _swap(session, image_id, image.status, {"status": DELETED, "updated_at": utcnow()}):

@@ -27,8 +27,9 @@ from controller.models.host import Host
 from controller.models.image import Image
 from controller.models.server import Server
 from controller.models.server_change import WITH_STOP_SERVER, ResizeServerIn
-from controller.scheduler import HostCandidate, PlacementRequest, SchedulerPolicy, schedule
-from controller.services import flavors, quotas
+from controller.scheduler import NoValidHost, PlacementRequest, schedule
+from controller.services import flavors, host_usage, quotas
+from controller.services.scheduler_policy import scheduler_policy
 from controller.services.servers import (
     NO_VALID_HOST,
     SERVER_BUSY,
@@ -105,20 +106,26 @@ def resize_server(
     return job.id
 
 
-def plan_resize(session: Session, server: Server, flavor: Flavor, *, stop_allowed: bool) -> ResizePlan:
-    """Check that the server may take `flavor` (400/409 if not) and say what changes."""
+def flavor_misfit(server: Server, flavor: Flavor, image: Image | None) -> str | None:
+    """Why the server cannot be resized to `flavor` (its own, a smaller root disk, too little memory for its
+    image), or None when it can; `list_resize_flavors` offers only the flavors this lets through."""
     if flavor.id == server.flavor_id:
-        raise BadRequest(f"Instance[{server.id}] already has flavor {flavor.id}; choose another one")
+        return f"Instance[{server.id}] already has flavor {flavor.id}; choose another one"
     if flavor.disk_gib and flavor.disk_gib < server.root_volume_size:
-        raise BadRequest(
+        return (
             f"Flavor {flavor.id} has a {flavor.disk_gib} GiB root disk, smaller than the "
             f"{server.root_volume_size} GiB of Instance[{server.id}]: a root disk cannot shrink"
         )
-    image = session.get(Image, server.image_id)
     if image is not None and image.min_ram > flavor.ram_mib:
-        raise BadRequest(
-            f"Flavor {flavor.id} has {flavor.ram_mib} MiB of memory; image {image.id} needs {image.min_ram} MiB"
-        )
+        return f"Flavor {flavor.id} has {flavor.ram_mib} MiB of memory; image {image.id} needs {image.min_ram} MiB"
+    return None
+
+
+def plan_resize(session: Session, server: Server, flavor: Flavor, *, stop_allowed: bool) -> ResizePlan:
+    """Check that the server may take `flavor` (400/409 if not) and say what changes."""
+    misfit = flavor_misfit(server, flavor, session.get(Image, server.image_id))
+    if misfit is not None:
+        raise BadRequest(misfit)
     if server.status == ACTIVE and not stop_allowed:
         raise Conflict(
             f"Instance[{server.id}] is running: stop it first, or pass mode {WITH_STOP_SERVER} to have it "
@@ -158,35 +165,32 @@ def check_host(
     new: Flavor,
     plan: ResizePlan,
 ) -> None:
-    """409 if the server's host has no room for the growth (its claim already counts the new flavor)."""
-    hosts = list(session.exec(select(Host).where(Host.id == host_id).with_for_update()).all())
-    if not hosts:
-        return  # a host that went away: the job fails with a clear reason
-    (claimed,) = host_candidates(session, hosts)
-    # Judge the growth alone against the host without it, ignoring zone, enablement and liveness: the
-    # server stays where it is, and a disabled host only refuses new servers.
-    before = HostCandidate(
-        id=claimed.id,
-        availability_zone=claimed.availability_zone,
-        enabled=True,
-        heartbeat_age=0.0,
-        vcpus=claimed.vcpus,
-        memory_mib=claimed.memory_mib,
-        disk_gib=claimed.disk_gib,
-        used_vcpus=claimed.used_vcpus - (new.vcpus - old.vcpus),
-        used_ram_mib=claimed.used_ram_mib - (new.ram_mib - old.ram_mib),
-        used_disk_gib=claimed.used_disk_gib - (plan.new_root_gib - plan.old_root_gib),
-        servers=claimed.servers,
+    """Add the resize's difference to the claim on the server's host (`services.host_usage`), or 409 if the
+    host has no room for the growth: one conditional UPDATE, so two resizes (or a resize and a create) cannot
+    both take the last room."""
+    delta = host_usage.Usage(
+        new.vcpus - old.vcpus, new.ram_mib - old.ram_mib, plan.new_root_gib - plan.old_root_gib, 0
     )
+    policy = scheduler_policy(settings)
+    if host_usage.take(session, host_id, delta, policy):
+        return
+    host = session.exec(
+        select(Host).where(Host.id == host_id).execution_options(populate_existing=True)
+    ).first()
+    if host is None:
+        return  # a host that went away: the job fails with a clear reason
+    (claimed,) = host_candidates([host])
+    # Say why with the scheduler's words, judging the growth alone, ignoring zone, enablement and liveness:
+    # the server stays where it is, and a disabled host only refuses new servers.
+    before = dataclasses.replace(claimed, enabled=True, heartbeat_age=0.0)
     growth = PlacementRequest(
         vcpus=max(0, new.vcpus - old.vcpus),
         ram_mib=max(0, new.ram_mib - old.ram_mib),
         disk_gib=plan.new_root_gib - plan.old_root_gib,
     )
-    result = schedule(growth, [before], SchedulerPolicy(host_dead_seconds=settings.host_dead_seconds))
-    if not isinstance(result, str):
-        raise Conflict(
-            f"Host {host_id} of Instance[{server_id}] has no room for flavor {new.id}: "
-            f"{result.reasons.get(host_id, 'no capacity')}",
-            code=NO_VALID_HOST,
-        )
+    result = schedule(growth, [before], policy)
+    reason = result.reasons.get(host_id, "no capacity") if isinstance(result, NoValidHost) else "no capacity"
+    raise Conflict(
+        f"Host {host_id} of Instance[{server_id}] has no room for flavor {new.id}: {reason}",
+        code=NO_VALID_HOST,
+    )

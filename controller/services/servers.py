@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from agent.client import AgentCallError, AgentClientError, AgentUnreachable
@@ -25,13 +25,15 @@ from controller.errors import ApiError, Conflict, NotFound
 from controller.jobs.queue import new_job
 from controller.logs import request_id_var
 from controller.models.common import utcnow
-from controller.models.flavor import Flavor
 from controller.models.host import Host
 from controller.models.job import Job
 from controller.models.network import Port, SecurityGroup, SecurityGroupRule
 from controller.models.server import Server
-from controller.scheduler import HostCandidate, NoValidHost, PlacementRequest, SchedulerPolicy, schedule
-from controller.services import flavors, image_store, keypairs, networks, server_groups
+from controller.models.server_group import ServerGroup, ServerGroupMember
+from controller.scheduler import AntiAffinity, HostCandidate, NoValidHost, PlacementRequest, schedule
+from controller.services import flavors, host_usage, image_store, keypairs, networks, server_groups
+from controller.services.image_needs import image_accelerator
+from controller.services.scheduler_policy import scheduler_policy
 from controller.services.server_views import hostname_of
 from controller.state import DELETED, SHUTOFF, refusal, transition
 
@@ -195,9 +197,12 @@ class Claim:
 def claim_host(ctx: ControllerContext, server_id: str, *, any_zone: bool) -> Claim:
     """Choose a host for the server and record it, unless it already has one.
 
-    The first statement of the transaction writes the server row: on SQLite that takes the database write lock
-    before anything is read, so two claims never both see the same free capacity; on PostgreSQL the host rows
-    are locked `FOR UPDATE` for the same effect.
+    The hosts are read with their usage counters (`services.host_usage`) and the claim is added to the chosen
+    host by a conditional UPDATE that only succeeds while the host still has room: if a concurrent claim took
+    that room first, the server is scheduled again on fresh counters, and the last attempt locks every host row
+    so it cannot lose again. On SQLite the first statement (the server row's write) takes the database write
+    lock, so claims are serialised anyway. Members of an anti-affinity group are placed one at a time (the
+    group row is locked), so each sees the hosts the others took.
     """
     settings = ctx.settings
     with session_scope(ctx.engine) as session:
@@ -217,14 +222,28 @@ def claim_host(ctx: ControllerContext, server_id: str, *, any_zone: bool) -> Cla
             ram_mib=flavor.ram_mib,
             disk_gib=server.root_volume_size,
             availability_zone=None if any_zone else server.availability_zone,
-            anti_affinity=server_groups.anti_affinity_for(session, server_id),
+            anti_affinity=_anti_affinity_locked(session, server_id),
+            accelerator=image_accelerator(session, server.image_id),
         )
-        # Core rows rather than ORM objects: building 1,000 Host entities was most of a claim's time.
-        hosts = list(session.connection().execute(select(*_CANDIDATE_COLUMNS).with_for_update()).all())
-        policy = SchedulerPolicy(host_dead_seconds=settings.host_dead_seconds)
-        result = schedule(request, host_candidates(session, hosts), policy)
-        if isinstance(result, NoValidHost):
-            return Claim(host_id=None, no_valid_host=result)
+        policy = scheduler_policy(settings)
+        need = host_usage.Usage(flavor.vcpus, flavor.ram_mib, server.root_volume_size, 1)
+        for attempt in range(CLAIM_ATTEMPTS):
+            # Core rows rather than ORM objects: building 1,000 Host entities was most of a claim's time.
+            hosts_stmt = select(*_CANDIDATE_COLUMNS)
+            if attempt == CLAIM_ATTEMPTS - 1:
+                hosts_stmt = hosts_stmt.with_for_update()
+            hosts = list(session.connection().execute(hosts_stmt).all())
+            result = schedule(request, host_candidates(hosts), policy)
+            if isinstance(result, NoValidHost):
+                return Claim(host_id=None, no_valid_host=result)
+            if host_usage.take(session, result, need, policy):
+                break
+            log.info(
+                "server %s: a concurrent claim took the room on host %s; scheduling again", server_id, result
+            )
+        else:
+            reason = "its room was taken by concurrent claims while this one was placed"
+            return Claim(host_id=None, no_valid_host=NoValidHost({result: reason}))
         server.host_id = result
         chosen = next(h for h in hosts if h.id == result)
         server.availability_zone = chosen.availability_zone
@@ -232,6 +251,9 @@ def claim_host(ctx: ControllerContext, server_id: str, *, any_zone: bool) -> Cla
     log.info("server %s placed on host %s", server_id, result)
     return Claim(host_id=result)
 
+
+# A few attempts suffice: an attempt only loses to a claim that won.
+CLAIM_ATTEMPTS = 5
 
 _CANDIDATE_COLUMNS = (
     Host.id,
@@ -241,31 +263,32 @@ _CANDIDATE_COLUMNS = (
     Host.vcpus,
     Host.memory_mib,
     Host.disk_gib,
+    Host.accelerator,
+    Host.claimed_vcpus,
+    Host.claimed_ram_mib,
+    Host.claimed_disk_gib,
+    Host.claimed_servers,
 )
 
 
-def host_candidates(session: Session, hosts: Sequence[Any]) -> list[HostCandidate]:
-    """Hosts with what the servers that claim them use (flavor vCPUs and RAM, root disk size).
+def _anti_affinity_locked(session: Session, server_id: str) -> AntiAffinity | None:
+    """The server's anti-affinity constraint, read with its group row locked until the claim commits."""
+    session.exec(
+        select(ServerGroup.id)
+        .join(ServerGroupMember, col(ServerGroupMember.group_id) == col(ServerGroup.id))
+        .where(ServerGroupMember.server_id == server_id)
+        .with_for_update(of=ServerGroup)  # type: ignore[arg-type]
+    ).all()
+    return server_groups.anti_affinity_for(session, server_id)
+
+
+def host_candidates(hosts: Sequence[Any]) -> list[HostCandidate]:
+    """Hosts with what the servers that claim them use (their `claimed_*` counters).
 
     `hosts` are Host objects or rows of `_CANDIDATE_COLUMNS`."""
-    stmt = (
-        select(
-            Server.host_id,
-            func.count(col(Server.id)),
-            func.coalesce(func.sum(Flavor.vcpus), 0),
-            func.coalesce(func.sum(Flavor.ram_mib), 0),
-            func.coalesce(func.sum(Server.root_volume_size), 0),
-        )
-        .join(Flavor, col(Flavor.id) == col(Server.flavor_id))
-        .where(col(Server.host_id).is_not(None), Server.status != DELETED)
-        .group_by(col(Server.host_id))
-    )
-    usage = session.connection().execute(stmt).all()
-    used = {row[0]: row[1:] for row in usage}
     now = utcnow()
     candidates = []
     for host in hosts:
-        count, vcpus, ram, disk = used.get(host.id, (0, 0, 0, 0))
         candidates.append(
             HostCandidate(
                 id=host.id,
@@ -275,10 +298,11 @@ def host_candidates(session: Session, hosts: Sequence[Any]) -> list[HostCandidat
                 vcpus=host.vcpus,
                 memory_mib=host.memory_mib,
                 disk_gib=host.disk_gib,
-                used_vcpus=int(vcpus),
-                used_ram_mib=int(ram),
-                used_disk_gib=int(disk),
-                servers=int(count),
+                accelerator=host.accelerator,
+                used_vcpus=host.claimed_vcpus,
+                used_ram_mib=host.claimed_ram_mib,
+                used_disk_gib=host.claimed_disk_gib,
+                servers=host.claimed_servers,
             )
         )
     return candidates

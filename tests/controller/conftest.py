@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -240,11 +240,13 @@ class AgentFactory:
         join_token: str | None = None,
         underlay_ip: str | None = None,
         external_ip: str | None = None,
+        accelerator: Literal["kvm", "tcg"] = "tcg",
     ) -> AgentHost:
         """`join_token`: a per-host token to register with instead of the controller's shared one;
         `underlay_ip`: a VTEP address to report (nothing is plumbed: the network is a `NullNetwork`), so
         the controller computes and pushes VPC overlay views to this host as to a multi-host agent;
-        `external_ip`: an address on the external network to report, so EIPs may be bound to its ports."""
+        `external_ip`: an address on the external network to report, so EIPs may be bound to its ports;
+        `accelerator`: what the host reports (the test driver runs either kind of domain)."""
         token = join_token or self.api.ctx.join_token
         home = self.root / name
         home.mkdir()
@@ -260,7 +262,7 @@ class AgentFactory:
             controller_url=self.api.endpoint,
             join_token=token,
             libvirt_uri=f"test://{node}",
-            accelerator="tcg",
+            accelerator=accelerator,
             network_driver="null",
             heartbeat_seconds=1.0,
             acpi_timeout_seconds=1.0,
@@ -274,7 +276,7 @@ class AgentFactory:
             host=LibvirtHost(settings.libvirt_uri),
             network=NullNetwork(underlay_ip=underlay_ip, external_ip=external_ip),
             images=ImageCache(image_cache_dir(settings.state_dir), client=downloads),
-            accelerator="tcg",
+            accelerator=accelerator,
         )
         serving = self._serve(name, settings, service, sock)
 

@@ -146,3 +146,15 @@ def test_anti_affinity_with_unknown_hosts_changes_nothing() -> None:
     # Members on hosts that are gone, or a group with no placed members yet.
     assert schedule(grouped("gone"), [host("h1")]) == "h1"
     assert schedule(grouped(), [host("h1")]) == "h1"
+
+
+def test_an_image_that_needs_kvm_goes_only_to_kvm_hosts() -> None:
+    needs_kvm = dataclasses.replace(SMALL, accelerator="kvm")
+    tcg_big = host("tcg-big", accelerator="tcg", memory_mib=65536)  # the weights would prefer it
+    kvm = host("kvm", accelerator="kvm")
+    assert schedule(needs_kvm, [tcg_big, kvm]) == "kvm"
+    assert schedule(SMALL, [tcg_big, kvm]) == "tcg-big"  # an image without needs goes anywhere
+    assert refused(schedule(needs_kvm, [tcg_big, host("new")])) == {
+        "tcg-big": "accelerator tcg, the image needs kvm",
+        "new": "accelerator unknown, the image needs kvm",
+    }

@@ -35,6 +35,7 @@ def random_host(rng: random.Random, n: int) -> HostCandidate:
         used_ram_mib=rng.choice((0, 1024, 2048, memory - 512, memory)),
         used_disk_gib=rng.randint(0, disk),
         servers=rng.randint(0, 5),
+        accelerator=rng.choice(("kvm", "tcg", "tcg")),
     )
 
 
@@ -48,6 +49,7 @@ def random_request(rng: random.Random, hosts: list[HostCandidate]) -> PlacementR
         disk_gib=rng.choice((1, 10, 40)),
         availability_zone=rng.choice((None, *ZONES)),
         anti_affinity=group,
+        accelerator=rng.choice((None, None, "kvm")),
     )
 
 

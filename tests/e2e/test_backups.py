@@ -21,6 +21,8 @@ The story, on one server with one data volume:
 5. A new volume from the volume's disk backup (a child of the server backup), attached to the server, reads the
    checksum of the data written before the backup.
 6. Restoring a volume backup onto the attached volume is refused with a 4xx, and nothing changes.
+7. Detached and overwritten, the volume takes its volume backup back (restore): attached again, the guest reads
+   the checksum of the data written before the backup.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from huaweicloudsdkevs.v2 import ShowVolumeRequest
 from tests.controller.api.test_backups import make_vault, restore
 from tests.e2e import journey
 from tests.e2e.test_snapshots import new_volume
-from tests.e2e.test_volumes import WAIT_S, attach, evs_client, guest, wait_in_guest
+from tests.e2e.test_volumes import WAIT_S, attach, detach, evs_client, guest, wait_in_guest
 from tests.support import ssh
 from tests.support.cloud import InNamespace
 
@@ -300,5 +302,28 @@ def test_server_backup_while_writing_restore_volume_from_backup_and_agent_killed
     assert evs.show_volume(ShowVolumeRequest(volume_id=volume_id)).volume.status == "in-use"
     assert cbr.show_backup(ShowBackupRequest(backup_id=killed.id)).backup.status == "available"
     assert len(cbr.list_op_logs(ListOpLogsRequest(operation_type="restore")).operation_logs) == restores
+
+    # --- 7. detached, the volume takes its volume backup back: the guest reads the data from before ---
+    client = ssh.wait_for_ssh(cloud.ns, ip, key_path, timeout=WAIT_S)
+    try:
+        guest(client, "dd if=/dev/urandom of=/dev/vdb bs=1M count=4 2>/dev/null && sync")
+        assert volume_data(client) != volume_sum
+        detach(ecs, server_id, volume_id)
+        wait_in_guest(client, "test ! -e /sys/block/vdb", "vdb go away")
+        restore(cbr, killed.id, volume_id=volume_id)
+        _wait(
+            "the volume restore to end",
+            lambda: cbr.show_backup(ShowBackupRequest(backup_id=killed.id)).backup.status != "restoring",
+        )
+        assert cbr.show_backup(ShowBackupRequest(backup_id=killed.id)).backup.status == "available"
+        _wait(
+            "the volume available",
+            lambda: evs.show_volume(ShowVolumeRequest(volume_id=volume_id)).volume.status == "available",
+        )
+        attach(ecs, server_id, volume_id)
+        wait_in_guest(client, "test -e /sys/block/vdb", "the restored volume")
+        assert volume_data(client) == volume_sum
+    finally:
+        client.close()
 
     assert journey.wait_job(ecs, journey.delete(ecs, [server_id])).status == "SUCCESS"

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkecs.v2 import (
@@ -112,12 +113,14 @@ def _connect(ns: str, ip: str, port: int, timeout: float, payload: bytes | None 
         sock.close()
 
 
-def _eventually(check: Callable[[], bool], what: str, timeout: float = 120.0) -> float:
-    """Poll until `check` holds; returns how long it took."""
+def _eventually(
+    check: Callable[[], bool], what: str, timeout: float = 120.0, explain: Callable[[], str] | None = None
+) -> float:
+    """Poll until `check` holds; returns how long it took. `explain` adds what the failure message shows."""
     started = time.monotonic()
     while not check():
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f"\n{explain()}" if explain else ""))
         time.sleep(0.1)
     return time.monotonic() - started
 
@@ -219,6 +222,22 @@ def _external_mac(lab: Lab, member: str) -> str:
     return str(json.loads(out)[0]["address"])
 
 
+def _external_view(lab: Lab, ip: str) -> str:
+    """What a failed EIP check needs: the external side's neighbours, each host's proxy entries and EIP log."""
+    lines = ["ext neighbours: " + lab.sh("ext", "ip", "neigh", "show").strip()]
+    for member in ("h1", "h2"):
+        holder = json.loads((lab.agent_state(member) / "net" / "external.json").read_text())["holder"]
+        proxies = subprocess.run(
+            ["nsenter", f"--net=/proc/{holder['pid']}/ns/net", "ip", "neigh", "show", "proxy"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        log_file = lab.agent_state(member).parent / "logs" / "agent.log"
+        related = [line for line in log_file.read_text().splitlines() if "external" in line or ip in line]
+        lines += [f"{member} proxies: {proxies}", f"{member} log:", *related[-15:]]
+    return "\n".join(lines)
+
+
 def _neighbour(lab: Lab, ip: str) -> str | None:
     entries = lab.ip_json("ext", "neigh", "show", ip)
     return entries[0].get("lladdr") if entries else None
@@ -293,15 +312,26 @@ def test_eips_in_the_lab(lab: Lab, keypair: tuple[str, Path], whoami: None) -> N
     assert g1.whoami() == address  # the control: the external side and the listener are fine
     _set_shared_snat(lab, vpc_id, True)
 
-    # Unbind: the EIP stops answering (a connect timeout, polled from the API's answer), the guest lives on.
+    # Unbind: the EIP stops answering (a connect timeout, probed from the API's answer on), an SSH session held
+    # open across it ends (its conntrack entries are flushed), and the guest lives on.
     assert _connect(ext, address, 22, BLOCKED_PROBE_S) == "ok"
-    with lab.entered():
-        assert _bind(eip, allocated.id, None).status == "DOWN"
-    gone_after = _eventually(
-        lambda: _connect(ext, address, 22, 0.5) == "timeout", "the EIP to stop answering"
-    )
-    print(f"EIP {address}: SSH port unreachable {gone_after:.2f} s after the unbind answer")
-    assert _connect(ext, address, 22, BLOCKED_PROBE_S) in UNREACHED
+    held = ssh.connect(ext, address, key)
+    try:
+        assert ssh.run(held, "hostname").stdout.strip() == "g1"
+        with lab.entered():
+            assert _bind(eip, allocated.id, None).status == "DOWN"
+        answered = time.monotonic()
+        while True:
+            probe_started = time.monotonic() - answered
+            if _connect(ext, address, 22, 0.5) != "ok":
+                break
+            assert probe_started < 120.0, "the EIP still answers two minutes after the unbind"
+        print(f"EIP {address} unbound: the first SSH connect to time out began {probe_started:.2f} s after")
+        assert _connect(ext, address, 22, BLOCKED_PROBE_S) in UNREACHED
+        with pytest.raises((OSError, paramiko.SSHException, EOFError)):
+            ssh.run(held, "hostname", timeout=BLOCKED_PROBE_S)
+    finally:
+        held.close()
     assert g1.run("hostname").stdout.strip() == "g1"  # the control: g1 itself is up
     assert address not in " ".join(_nat(lab, "h1", vpc_id))
 
@@ -313,7 +343,9 @@ def test_eips_in_the_lab(lab: Lab, keypair: tuple[str, Path], whoami: None) -> N
         assert _bind(eip, allocated.id, port_g2).status == "ACTIVE"
     h2_mac = _external_mac(lab, "h2")
     moved_after = _eventually(
-        lambda: _neighbour(lab, address) == h2_mac, "the external side to learn h2's MAC"
+        lambda: _neighbour(lab, address) == h2_mac,
+        f"the external side to learn h2's MAC {h2_mac}",
+        explain=lambda: _external_view(lab, address),
     )
     print(
         f"EIP {address} moved to h2: the external namespace's neighbour entry followed in {moved_after:.2f} s"

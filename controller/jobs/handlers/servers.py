@@ -24,7 +24,7 @@ from controller.jobs.worker import JobContext
 from controller.logs import request_id_var
 from controller.models.common import utcnow
 from controller.models.server import Server
-from controller.services import eips, ipam, overlay, server_publicip, volumes
+from controller.services import eips, host_usage, ipam, overlay, server_publicip, volumes
 from controller.services.server_create import CREATE_ONE_JOB
 from controller.services.servers import (
     AGENT_FAILED,
@@ -271,13 +271,21 @@ def _fault(code: str, reason: str) -> dict[str, Any]:
 
 
 def _land(session: Session, server_id: str, task: str, values: dict[str, Any]) -> bool:
-    """End the server's task `task` with `values`; False when the server is no longer in that task."""
+    """End the server's task `task` with `values`; False when the server is no longer in that task.
+
+    What the server claims on its host (`services.host_usage`) follows in the same transaction: a delete or a
+    freed failed create gives it back, a resize undone returns the difference. While the task is on, only this
+    job writes the row, so the claim read before the change is the one the change replaces."""
+    before = host_usage.placed(session, server_id)
     stmt = (
         update(Server)
         .where(col(Server.id) == server_id, col(Server.task_state) == task)
         .values(task_state=None, updated_at=utcnow(), **values)
     )
-    return bool(session.exec(stmt).rowcount)
+    if not session.exec(stmt).rowcount:
+        return False
+    host_usage.settle(session, before, host_usage.placed(session, server_id))
+    return True
 
 
 def _push_groups(jctx: JobContext, server: Server) -> None:

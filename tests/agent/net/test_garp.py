@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,12 @@ def test_frame_is_a_broadcast_arp_request_for_the_address_itself() -> None:
 
 
 @pytest.mark.netns
-def test_announce_moves_a_neighbour_entry_on_the_segment() -> None:
+def test_announce_moves_a_neighbour_entry_on_the_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent runs in its home, whose state dir `agent/net/` must not pass for the package.
+    (tmp_path / "agent" / "net").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
     speaker, listener = create_netns(), create_netns()
     try:
         veth = ["ip", "-n", speaker, "link", "add", "ext0", "type", "veth", "peer", "name", "eth0"]

@@ -27,6 +27,7 @@ from sqlmodel import Session, func, select
 
 from controller.models.image import ACTIVE, KILLED, Image
 from controller.models.job import Job
+from controller.services import transfer_grants
 from tests.controller.api.helpers import expect_error
 from tests.controller.api.test_images import make_seed
 from tests.support.fileserver import serve_directory
@@ -127,13 +128,13 @@ def test_import_streams_verifies_and_registers_a_qcow2(api: Any, files: Path, we
     assert shown.virtual_size == 3 * 1024**3
     assert shown.data_origin == f"url,{web}/good.qcow2"
 
-    # In the store under its id, byte for byte; agents download it with the join token.
+    # In the store under its id, byte for byte; agents download it with the join token and a grant.
     assert store_files(api) == sorted(
         [f"{image_id}.qcow2", *(n for n in store_files(api) if n != f"{image_id}.qcow2")]
     )
     token = api.ctx.settings.join_token_file.read_text().strip()
     got = httpx.get(
-        f"{api.endpoint}/internal/images/{image_id}/file",
+        transfer_grants.signed_url(api.ctx.settings, "image", image_id, "GET"),
         headers={"Authorization": f"Bearer {token}"},
         timeout=60,
     )

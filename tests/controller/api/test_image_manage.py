@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from huaweicloudsdkecs.v2 import PostPaidServerRootVolume
+from huaweicloudsdkevs.v2 import (
+    CreateSnapshotOption,
+    CreateSnapshotRequest,
+    CreateSnapshotRequestBody,
+    DeleteSnapshotRequest,
+    DeleteVolumeRequest,
+    ListSnapshotsRequest,
+    ShowSnapshotRequest,
+)
 from huaweicloudsdkims.v2 import (
     GlanceCreateImageMetadataRequest,
     GlanceCreateImageMetadataRequestBody,
@@ -28,10 +38,13 @@ from controller.cli.client import ApiCallError, ApiClient, Credentials
 from controller.db import session_scope
 from controller.models.common import utcnow
 from controller.models.image import ACTIVE, DELETED, QUEUED, Image
+from controller.models.job import Job
 from controller.models.server import Server
+from controller.services.server_rebuild import CHANGE_OS_JOB
 from tests.controller.api.helpers import expect_error
 from tests.controller.api.server_helpers import create, make_net, server
 from tests.controller.api.test_images import make_seed
+from tests.controller.api.test_volumes import create_volume, evs_client, wait_evs_job
 
 
 @pytest.fixture
@@ -206,6 +219,61 @@ def test_delete_refuses_an_image_in_use_and_removes_the_file_otherwise(api: Any,
     expect_error(
         lambda: api.ims().glance_show_image(GlanceShowImageRequest(image_id=record.id)), 404, "IMG.0027"
     )
+
+
+def test_delete_refuses_an_image_still_to_be_copied_into_volumes_or_a_new_root_disk(
+    api: Any, qcow2: Path
+) -> None:
+    """A volume from `imageRef` is filled at its first attach, a snapshot of it before then holds only the
+    image, and a change of OS in flight has yet to put its overlay on the image: none may lose the file."""
+    record = new_record(api)
+    upload(api, record.id, qcow2.read_bytes())
+    path = Path(str(row(api, record.id).file_path))
+    evs = evs_client(api)
+    created = create_volume(evs, name="from-image", size=2, image_ref=record.id)
+    assert wait_evs_job(evs, created.job_id).status == "SUCCESS"
+    (volume_id,) = created.volume_ids
+    option = CreateSnapshotOption(volume_id=volume_id, name="early")
+    snapshot = evs.create_snapshot(CreateSnapshotRequest(body=CreateSnapshotRequestBody(snapshot=option)))
+    snapshot_id = snapshot.snapshot.id
+
+    def delete() -> Any:
+        return api.ims().glance_delete_image(GlanceDeleteImageRequest(image_id=record.id))
+
+    exc = expect_error(delete, 409, "IMG.0035")
+    assert volume_id in exc.error_msg and snapshot_id in exc.error_msg
+    assert row(api, record.id).status == ACTIVE and path.exists()
+
+    # The volume goes (its snapshot first), and a change of OS to the image starts: still refused.
+    deadline = time.monotonic() + 60
+    while evs.show_snapshot(ShowSnapshotRequest(snapshot_id=snapshot_id)).snapshot.status != "available":
+        assert time.monotonic() < deadline, "the snapshot never became available"
+        time.sleep(0.05)
+    evs.delete_snapshot(DeleteSnapshotRequest(snapshot_id=snapshot_id))
+    while evs.list_snapshots(ListSnapshotsRequest()).count:
+        assert time.monotonic() < deadline, "the snapshot was never deleted"
+        time.sleep(0.05)
+    assert wait_evs_job(evs, evs.delete_volume(DeleteVolumeRequest(volume_id=volume_id)).job_id).status == (
+        "SUCCESS"
+    )
+    with session_scope(api.ctx.engine) as session:
+        change = Job(
+            project_id=api.project_id,
+            kind=CHANGE_OS_JOB,
+            status="RUNNING",
+            payload={"server_id": "changing-server", "image_id": record.id},
+        )
+        session.add(change)
+    exc = expect_error(delete, 409, "IMG.0035")
+    assert "changing-server" in exc.error_msg and path.exists()
+
+    with session_scope(api.ctx.engine) as session:
+        ended = session.get(Job, change.id)
+        assert ended is not None
+        ended.status = "SUCCESS"
+        session.add(ended)
+    delete()
+    assert row(api, record.id).status == DELETED and not path.exists()
 
 
 def set_minimums(api: Any, image_id: str, *, min_ram: int, min_disk: int) -> None:

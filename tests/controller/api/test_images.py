@@ -15,6 +15,7 @@ from huaweicloudsdkims.v2 import ListImagesRequest
 
 from controller.db import session_scope
 from controller.models.image import ACTIVE, Image
+from controller.services import transfer_grants
 from tests.controller.api.helpers import expect_error
 
 
@@ -108,18 +109,22 @@ def test_filters_and_paging(api: Any) -> None:
     expect_error(lambda: ims.list_images(ListImagesRequest(marker="nope")), 400, "IMG.0001")
 
 
-def test_agents_download_the_file_with_the_join_token(api: Any) -> None:
+def test_agents_download_the_file_with_a_grant(api: Any) -> None:
+    """The URL the controller hands an agent (`ImageRef.url`) carries a grant for that image; the join token
+    alone, which every host holds, opens nothing (more in test_transfer_grants.py)."""
     seed = api.ims().list_images(ListImagesRequest()).images[0]
-    url = f"{api.endpoint}/internal/images/{seed.id}/file"
+    url = transfer_grants.signed_url(api.ctx.settings, "image", seed.id, "GET")
+    join = {"Authorization": f"Bearer {api.ctx.join_token}"}
     with httpx.Client(trust_env=False) as client:
-        response = client.get(url, headers={"Authorization": f"Bearer {api.ctx.join_token}"})
+        response = client.get(url, headers=join)
         assert response.status_code == 200
         assert hashlib.sha256(response.content).hexdigest() == seed.checksum
         assert len(response.content) == seed.size
         assert client.get(url).status_code == 401
         assert client.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        plain = client.get(url.partition("?")[0], headers=join)
+        assert plain.status_code == 401 and plain.json()["error"]["code"] == "Agent.0401"
         missing = client.get(
-            f"{api.endpoint}/internal/images/nope/file",
-            headers={"Authorization": f"Bearer {api.ctx.join_token}"},
+            transfer_grants.signed_url(api.ctx.settings, "image", "nope", "GET"), headers=join
         )
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "IMG.0027"

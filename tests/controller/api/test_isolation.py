@@ -3,7 +3,9 @@
 Project A owns one of every resource kind (a server on a real test-driver agent, key pair, VPC, subnet, security
 group and rule, volume, server group, private image, jobs). Project B gets 404 (never 403: nothing says the id
 exists) for show, update, delete and actions on each of them and for using them in its own requests, its lists
-never show them, and A's resources are unchanged afterwards.
+never show them, and A's resources are unchanged afterwards. A second walk covers the kinds added later (EVS
+snapshots, CBR vaults/backups/checkpoints/restores, EIPs, image update/capture/use, resize, reinstall, change
+of OS, a server's security groups and block devices). Admin-only routes are tests/controller/api/test_admin_routes.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from huaweicloudsdkcbr.v1 import (
+    DeleteBackupRequest,
+    DeleteVaultRequest,
+    ListBackupsRequest,
+    ListOpLogsRequest,
+    ListVaultRequest,
+    ShowBackupRequest,
+    ShowCheckpointRequest,
+    ShowVaultRequest,
+    UpdateVaultRequest,
+    VaultUpdate,
+    VaultUpdateReq,
+)
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkecs.v2 import (
     AttachServerVolumeOption,
@@ -34,15 +49,21 @@ from huaweicloudsdkecs.v2 import (
     DeleteServersRequest,
     DeleteServersRequestBody,
     DetachServerVolumeRequest,
+    ListResizeFlavorsRequest,
+    ListServerBlockDevicesRequest,
     ListServerGroupsRequest,
     ListServerInterfacesRequest,
     ListServersDetailsRequest,
     ListServerVolumeAttachmentsRequest,
+    NovaAddSecurityGroupOption,
+    NovaAssociateSecurityGroupRequest,
+    NovaAssociateSecurityGroupRequestBody,
     NovaCreateKeypairOption,
     NovaCreateKeypairRequest,
     NovaCreateKeypairRequestBody,
     NovaDeleteKeypairRequest,
     NovaListKeypairsRequest,
+    NovaListServerSecurityGroupsRequest,
     NovaShowKeypairRequest,
     PostPaidServerSchedulerHints,
     ServerId,
@@ -51,18 +72,43 @@ from huaweicloudsdkecs.v2 import (
     ShowServerGroupRequest,
     ShowServerRequest,
 )
+from huaweicloudsdkeip.v2 import (
+    CreatePublicipBandwidthOption,
+    CreatePublicipOption,
+    CreatePublicipRequest,
+    CreatePublicipRequestBody,
+    DeletePublicipRequest,
+    EipClient,
+    ListPublicipsRequest,
+    ShowPublicipRequest,
+    UpdatePublicipOption,
+    UpdatePublicipRequest,
+    UpdatePublicipsRequestBody,
+)
 from huaweicloudsdkevs.v2 import (
+    DeleteSnapshotRequest,
     DeleteVolumeRequest,
+    ListSnapshotsRequest,
     ListVolumesRequest,
     OsExtend,
     ResizeVolumeRequest,
     ResizeVolumeRequestBody,
+    ShowSnapshotRequest,
     ShowVolumeRequest,
+    UpdateSnapshotOption,
+    UpdateSnapshotRequest,
+    UpdateSnapshotRequestBody,
     UpdateVolumeOption,
     UpdateVolumeRequest,
     UpdateVolumeRequestBody,
 )
-from huaweicloudsdkims.v2 import GlanceDeleteImageRequest, GlanceShowImageRequest, ListImagesRequest
+from huaweicloudsdkims.v2 import (
+    GlanceDeleteImageRequest,
+    GlanceShowImageRequest,
+    ListImagesRequest,
+    UpdateImageRequest,
+    UpdateImageRequestBody,
+)
 from huaweicloudsdkvpc.v2 import (
     CreateSecurityGroupRuleOption,
     CreateSecurityGroupRuleRequest,
@@ -86,16 +132,21 @@ from huaweicloudsdkvpc.v2 import (
     UpdateVpcRequest,
     UpdateVpcRequestBody,
 )
-from sqlmodel import Session
+from sqlalchemy import func, select
+from sqlmodel import Session, SQLModel
 
 from controller.db import session_scope
 from controller.models.image import ACTIVE, Image
 from controller.services.projects import owned_resources
 from tests.controller.api.helpers import create_security_group, create_subnet
 from tests.controller.api.server_helpers import create_and_wait, make_net, server
+from tests.controller.api.test_image_capture import capture
 from tests.controller.api.test_projects import admin_call, tenant_from
+from tests.controller.api.test_snapshots import create_snapshot, rollback, wait_snapshot
 from tests.controller.api.test_volume_quotas import create as create_volume
+from tests.controller.api.test_volumes import create_volume as new_volume
 from tests.controller.api.test_volumes import evs_client, wait_evs_job
+from tests.support.server_changes import change_os, reinstall, resize
 
 
 @pytest.fixture
@@ -114,6 +165,29 @@ def expect_not_found(call: Any) -> ClientRequestException:
     )
     assert exc.error_msg
     return exc
+
+
+def eip_client(clients: Any) -> EipClient:
+    return clients._build(EipClient)
+
+
+def create_eip(eip: EipClient) -> Any:
+    option = CreatePublicipOption(type="5_bgp")
+    bandwidth = CreatePublicipBandwidthOption(share_type="PER", name="bw", size=10)
+    body = CreatePublicipRequestBody(publicip=option, bandwidth=bandwidth)
+    return eip.create_publicip(CreatePublicipRequest(body=body)).publicip
+
+
+def bind_eip(eip: EipClient, eip_id: str, port_id: str) -> Any:
+    body = UpdatePublicipsRequestBody(publicip=UpdatePublicipOption(port_id=port_id))
+    return eip.update_publicip(UpdatePublicipRequest(publicip_id=eip_id, body=body))
+
+
+def add_security_group(ecs: Any, server_id: str, name: str) -> Any:
+    body = NovaAssociateSecurityGroupRequestBody(add_security_group=NovaAddSecurityGroupOption(name=name))
+    return ecs.nova_associate_security_group(
+        NovaAssociateSecurityGroupRequest(server_id=server_id, body=body)
+    )
 
 
 def new_tenant(api: Any, name: str) -> Any:
@@ -314,3 +388,136 @@ def test_another_projects_resources_are_404_everywhere(api, agent_host) -> None:
     assert a_ecs.show_server(ShowServerRequest(server_id=server_id)).server.status == "ACTIVE"
     assert a_evs.show_volume(ShowVolumeRequest(volume_id=volume_id)).volume.name == ""
     assert a_vpc.show_vpc(ShowVpcRequest(vpc_id=net.vpc_id)).vpc.name != "mine"
+
+
+class TestResourcesAddedLater:
+    """The same promise for what came after the first walk: EVS snapshots, CBR vaults, backups, checkpoints and
+    restores, EIPs, private images (update, capture, use in a create or a volume), and a server's resize,
+    reinstall, change of OS and security groups."""
+
+    @pytest.fixture
+    def api_settings(self, seed_image_file: Path) -> dict[str, Any]:
+        return {
+            "seed_image": seed_image_file,
+            "external_cidr": "203.0.113.0/24",
+            "external_pool": "203.0.113.10-203.0.113.20",
+            "external_gateway": "203.0.113.1",
+        }
+
+    def test_another_projects_newer_resources_are_404_everywhere(self, api, agent_host) -> None:  # type: ignore[no-untyped-def]
+        # (test_backups imports this module: its helpers are imported here, not at the top)
+        from tests.controller.api.test_backups import back_up, cbr_client, make_vault, restore
+
+        a, b = new_tenant(api, "tenant-a"), new_tenant(api, "tenant-b")
+        a_ecs, a_evs, a_cbr, a_eip = a.ecs(), evs_client(a), cbr_client(a), eip_client(a)
+
+        # --- project A: a server, a volume with a snapshot and a backup, an EIP, a private image ---
+        net = make_net(api, clients=a)
+        (server_id,), job = create_and_wait(a_ecs, server(net))
+        assert job.status == "SUCCESS", job.fail_reason
+        made = create_volume(a_evs, size=1)
+        assert wait_evs_job(a_evs, made.job_id).status == "SUCCESS"
+        (volume_id,) = made.volume_ids
+        snapshot = wait_snapshot(a_evs, create_snapshot(a_evs, volume_id).id, "available")
+        vault = make_vault(a_cbr, "disk", [(volume_id, "OS::Cinder::Volume")])
+        (backup,) = back_up(a_cbr, vault.id)
+        eip = create_eip(a_eip)
+        (nic,) = a_ecs.list_server_interfaces(
+            ListServerInterfacesRequest(server_id=server_id)
+        ).interface_attachments
+        with session_scope(api.ctx.engine) as session:
+            image = Image(name="a-private", owner=a.project_id, status=ACTIVE, visibility="private")
+            session.add(image)
+            session.flush()
+            image_id = image.id
+        with Session(api.ctx.engine) as session:
+            a_before = owned_resources(session, a.project_id)
+        rows_before = table_counts(api)
+
+        # --- project B: 404 for each of them, whatever it does ---
+        b_ecs, b_evs, b_cbr, b_eip, b_ims = b.ecs(), evs_client(b), cbr_client(b), eip_client(b), b.ims()
+        b_net = make_net(api, clients=b, cidr="10.30.0.0/16", subnet_cidr="10.30.1.0/24", gateway="10.30.1.1")
+        rename = UpdateSnapshotRequestBody(snapshot=UpdateSnapshotOption(name="mine"))
+        calls = {
+            "show snapshot": lambda: b_evs.show_snapshot(ShowSnapshotRequest(snapshot_id=snapshot.id)),
+            "update snapshot": lambda: b_evs.update_snapshot(
+                UpdateSnapshotRequest(snapshot_id=snapshot.id, body=rename)
+            ),
+            "delete snapshot": lambda: b_evs.delete_snapshot(DeleteSnapshotRequest(snapshot_id=snapshot.id)),
+            "rollback snapshot": lambda: rollback(b_evs, snapshot.id, volume_id),
+            "volume from snapshot": lambda: new_volume(b_evs, size=2, snapshot_id=snapshot.id),
+            "show vault": lambda: b_cbr.show_vault(ShowVaultRequest(vault_id=vault.id)),
+            "update vault": lambda: b_cbr.update_vault(
+                UpdateVaultRequest(vault_id=vault.id, body=VaultUpdateReq(vault=VaultUpdate(name="mine")))
+            ),
+            "delete vault": lambda: b_cbr.delete_vault(DeleteVaultRequest(vault_id=vault.id)),
+            "back up A's vault": lambda: back_up(b_cbr, vault.id),
+            "vault of A's volume": lambda: make_vault(b_cbr, "disk", [(volume_id, "OS::Cinder::Volume")]),
+            "vault of A's server": lambda: make_vault(b_cbr, "server", [(server_id, "OS::Nova::Server")]),
+            "show backup": lambda: b_cbr.show_backup(ShowBackupRequest(backup_id=backup.id)),
+            "delete backup": lambda: b_cbr.delete_backup(DeleteBackupRequest(backup_id=backup.id)),
+            "restore backup": lambda: restore(b_cbr, backup.id, volume_id=volume_id),
+            "volume from backup": lambda: new_volume(b_evs, backup_id=backup.id),
+            "show checkpoint": lambda: b_cbr.show_checkpoint(
+                ShowCheckpointRequest(checkpoint_id=backup.checkpoint_id)
+            ),
+            "show eip": lambda: b_eip.show_publicip(ShowPublicipRequest(publicip_id=eip.id)),
+            "bind A's eip to A's port": lambda: bind_eip(b_eip, eip.id, nic.port_id),
+            "delete eip": lambda: b_eip.delete_publicip(DeletePublicipRequest(publicip_id=eip.id)),
+            "update image": lambda: b_ims.update_image(
+                UpdateImageRequest(
+                    image_id=image_id, body=[UpdateImageRequestBody(op="replace", path="/name", value="x")]
+                )
+            ),
+            "capture A's server": lambda: capture(b, server_id),
+            "server from A's image": lambda: create_and_wait(b_ecs, server(b_net, image_ref=image_id)),
+            "volume from A's image": lambda: new_volume(b_evs, image_ref=image_id),
+            "resize": lambda: resize(b_ecs, server_id, "s6.small.1"),
+            "resize flavors": lambda: b_ecs.list_resize_flavors(
+                ListResizeFlavorsRequest(instance_uuid=server_id)
+            ),
+            "reinstall": lambda: reinstall(b_ecs, server_id, adminpass="Secret-123!"),
+            "change os": lambda: change_os(b_ecs, server_id, net.image_id, adminpass="Secret-123!"),
+            "add security group": lambda: add_security_group(b_ecs, server_id, "default"),
+            "server security groups": lambda: b_ecs.nova_list_server_security_groups(
+                NovaListServerSecurityGroupsRequest(server_id=server_id)
+            ),
+            "block devices": lambda: b_ecs.list_server_block_devices(
+                ListServerBlockDevicesRequest(server_id=server_id)
+            ),
+        }
+        leaked = []
+        for what, call in calls.items():
+            err = expect_not_found(call)
+            for secret in (a.project_id, "tenant-a"):
+                if secret in err.error_msg:
+                    leaked.append(f"{what}: {err.error_msg}")
+        assert leaked == []
+
+        # --- lists never show A's resources ---
+        assert snapshot.id not in {s.id for s in b_evs.list_snapshots(ListSnapshotsRequest()).snapshots}
+        assert b_cbr.list_vault(ListVaultRequest()).vaults == []
+        assert b_cbr.list_backups(ListBackupsRequest()).backups == []
+        assert b_cbr.list_op_logs(ListOpLogsRequest()).operation_logs == []
+        assert b_eip.list_publicips(ListPublicipsRequest()).publicips == []
+
+        # --- A still has everything, untouched, and B made nothing ---
+        with Session(api.ctx.engine) as session:
+            assert owned_resources(session, a.project_id) == a_before
+        after = table_counts(api)
+        assert {t: n for t, n in after.items() if t not in ("vpc", "subnet", "securitygroup", "port")} == {
+            t: n for t, n in rows_before.items() if t not in ("vpc", "subnet", "securitygroup", "port")
+        }  # (B's own network is all that is new)
+        assert after["port"] == rows_before["port"]
+        assert a_evs.show_snapshot(ShowSnapshotRequest(snapshot_id=snapshot.id)).snapshot.name != "mine"
+        assert a_cbr.show_backup(ShowBackupRequest(backup_id=backup.id)).backup.status == "available"
+        assert a_eip.show_publicip(ShowPublicipRequest(publicip_id=eip.id)).publicip.port_id in (None, "")
+        assert a_ecs.show_server(ShowServerRequest(server_id=server_id)).server.status == "ACTIVE"
+
+
+def table_counts(api: Any) -> dict[str, int]:
+    with Session(api.ctx.engine) as session:
+        return {
+            t.name: int(session.connection().execute(select(func.count()).select_from(t)).scalar_one())
+            for t in SQLModel.metadata.sorted_tables
+        }

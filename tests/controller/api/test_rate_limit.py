@@ -3,6 +3,8 @@ gets 429 `APIGW.0308` with `Retry-After` (never a 5xx), and other credentials ar
 
 from __future__ import annotations
 
+import collections
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -85,3 +87,37 @@ class TestSdkRetries:
         )
         for _ in range(3):
             assert ecs.list_server_groups(ListServerGroupsRequest()).server_groups == []
+
+
+class TestUnderLoad:
+    @pytest.fixture
+    def api_settings(self) -> dict[str, Any]:
+        # A bucket that refills while the test runs, so answers mix 2xx and 429 the whole time.
+        return {"rate_limit_per_second": 20.0, "rate_limit_burst": 10}
+
+    def test_parallel_reads_and_writes_from_several_credentials_never_get_a_5xx(self, api) -> None:  # type: ignore[no-untyped-def]
+        tenants = [api, *(api.new_project(f"load-{n}") for n in range(2))]
+
+        def one(i: int) -> tuple[int, str, dict[str, Any]]:
+            clients = tenants[i % len(tenants)]
+            if i % 3 == 0:  # a write: a key pair, made and (if it was made) deleted again
+                name = f"k{i}"
+                body = json.dumps({"keypair": {"name": name}}).encode()
+                made = raw_request(clients, "POST", f"/v2.1/{clients.project_id}/os-keypairs", body)
+                if made.status_code == 200:
+                    raw_request(clients, "DELETE", f"/v2.1/{clients.project_id}/os-keypairs/{name}", b"")
+                answer = made
+            else:
+                answer = raw_request(
+                    clients, "GET", f"/v1/{clients.project_id}/cloudservers/os-server-groups", b""
+                )
+            return answer.status_code, answer.headers.get("Retry-After", ""), answer.json()
+
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            answers = list(pool.map(one, range(300)))
+        statuses = collections.Counter(status for status, _, _ in answers)
+        assert set(statuses) <= {200, 429}, statuses  # never a 5xx (nor anything else)
+        assert statuses[200] >= 10 and statuses[429] >= 1, statuses
+        for status, retry_after, body in answers:
+            if status == 429:
+                assert int(retry_after) >= 1 and body["error_code"] == "APIGW.0308", (retry_after, body)

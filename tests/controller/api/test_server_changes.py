@@ -27,6 +27,8 @@ from sqlmodel import Session
 from agent.storage.disks import image_info
 from agent.storage.layout import instance_paths
 from agent.storage.seed import read_seed
+from controller.db import session_scope
+from controller.models.image import Image
 from controller.services import quotas
 from tests.controller.api.helpers import expect_error
 from tests.controller.api.server_helpers import (
@@ -132,6 +134,18 @@ def test_resize_refusals_change_nothing(api, agent_host, net) -> None:  # type: 
     expect_error(lambda: resize(ecs, "no-such-server", "t2.resize.4"), 404, "Ecs.0114")
     other = api.new_project("other")
     expect_error(lambda: resize(other.ecs(), sid, "t2.resize.4"), 404, "Ecs.0114")
+    # list_resize_flavors offers for the server only what a resize would take: not its own flavor, not a
+    # smaller root disk; unknown and foreign servers are 404.
+    offered = {f.id for f in ecs.list_resize_flavors(ListResizeFlavorsRequest(instance_uuid=sid)).flavors}
+    assert "t2.resize.4" in offered and not offered & {FLAVOR, "t1.small.1"}
+    everything = {f.id for f in ecs.list_resize_flavors(ListResizeFlavorsRequest()).flavors}
+    assert {FLAVOR, "t1.small.1", "t2.resize.4"} <= everything
+    for client, uuid in ((other.ecs(), sid), (ecs, "no-such-server")):
+        expect_error(
+            lambda c=client, u=uuid: c.list_resize_flavors(ListResizeFlavorsRequest(instance_uuid=u)),
+            404,
+            "Ecs.0114",
+        )
     # Quota: the growth in cores is what counts.
     with Session(api.ctx.engine) as session:
         quotas.set_limits(session, api.project_id, {"cores": 1})
@@ -180,19 +194,27 @@ def test_reinstall_and_change_os(api, agent_host, net) -> None:  # type: ignore[
     old_root = paths.root_disk.stat().st_ino
     assert read_seed(paths.seed)["meta-data"].count(first.public_key.split()[1]) == 1
     ip_before = row(api, sid)
+    addresses_before = ecs.show_server(ShowServerRequest(server_id=sid)).server.addresses
 
     before = counts(api)
     expect_error(lambda: reinstall(ecs, sid, mode=None, keyname="second"), 409, "Ecs.0104")
     expect_error(lambda: reinstall(ecs, sid, keyname="second", adminpass="Passw0rd!x"), 400, "Ecs.0005")
     expect_error(lambda: reinstall(ecs, sid, keyname="nobody"), 400, "Ecs.0005")
     expect_error(lambda: change_os(ecs, sid, "no-such-image"), 404, "IMG.0027")
+    # Another project's server, and another project's private image: 404 as if they did not exist.
+    other = api.new_project("other")
+    expect_error(lambda: reinstall(other.ecs(), sid, keyname="second"), 404, "Ecs.0114")
+    with session_scope(api.ctx.engine) as session:
+        foreign = Image(name="theirs", owner=other.project_id, status="active", visibility="private")
+        session.add(foreign)
+    expect_error(lambda: change_os(ecs, sid, foreign.id, keyname="second"), 404, "IMG.0027")
     assert counts(api) == before
 
     job = wait_job(ecs, reinstall(ecs, sid, keyname="second").job_id)
     assert (job.status, job.job_type) == ("SUCCESS", "reinstallServer"), job.fail_reason
     detail = ecs.show_server(ShowServerRequest(server_id=sid)).server
     assert (detail.status, detail.key_name, detail.id) == ("ACTIVE", "second", sid)
-    assert detail.addresses == ecs.show_server(ShowServerRequest(server_id=sid)).server.addresses
+    assert detail.addresses == addresses_before  # the same port, MAC and fixed IP
     assert paths.root_disk.stat().st_ino != old_root  # a new overlay replaced the old one
     assert not any(p.name.startswith("root.next") for p in paths.dir.iterdir())
     meta = read_seed(paths.seed)["meta-data"]

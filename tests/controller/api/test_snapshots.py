@@ -44,6 +44,7 @@ from tests.controller.api.test_volumes import (
     create_volume,
     detach,
     evs_client,
+    extend,
     show_volume,
     stopped_server,
     wait_evs_job,
@@ -296,3 +297,34 @@ def test_bad_snapshot_requests_change_nothing(api: Any, agent_host: Any) -> None
     assert other.list_snapshots(ListSnapshotsRequest()).count == 0
 
     assert rows(api) == before
+
+
+def test_a_volume_whose_source_is_gone_ends_in_error_and_can_only_be_deleted(
+    api: Any, agent_host: Any
+) -> None:
+    """The `error` status: a volume from a snapshot whose file vanished from its host behind labcloud's back."""
+    ecs, evs = api.ecs(), evs_client(api)
+    server_id = stopped_server(api)
+    volume_id = new_volume(evs, "data")
+    assert wait_job(ecs, attach(ecs, server_id, volume_id).job_id).status == "SUCCESS"
+    snapshot = wait_snapshot(evs, create_snapshot(evs, volume_id, force=True).id, "available")
+    state = agent_host.settings.state_dir
+    (state / "snapshots" / f"{snapshot.id}.qcow2").unlink()
+
+    created = create_volume(evs, name="orphan", snapshot_id=snapshot.id)
+    job = wait_evs_job(evs, created.job_id)
+    assert job.status == "FAIL" and snapshot.id in job.fail_reason, job
+    (copy_id,) = created.volume_ids
+    assert show_volume(evs, copy_id).status == "error"
+    assert not (state / "volumes" / f"{copy_id}.qcow2").exists()
+
+    before = rows(api)
+    exc = expect_error(lambda: attach(ecs, server_id, copy_id), 409, "EVS.2026")
+    assert "error" in exc.error_msg
+    expect_error(lambda: extend(evs, copy_id, 2), 409, "EVS.2026")
+    expect_error(lambda: create_snapshot(evs, copy_id), 409, "EVS.2026")
+    assert rows(api) == before
+    assert wait_evs_job(evs, evs.delete_volume(DeleteVolumeRequest(volume_id=copy_id)).job_id).status == (
+        "SUCCESS"
+    )
+    expect_error(lambda: show_volume(evs, copy_id), 404, "EVS.2025")

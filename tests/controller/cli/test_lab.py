@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from controller.cli import daemon
+from controller.cli import lab as lab_cli
+from controller.cli.client import ApiClient, Credentials
+from controller.cli.home import Home
 from tests.support.image import tinycloud_image
 from tests.support.lab import Lab, running_lab
 
@@ -38,6 +42,15 @@ def test_hosts_register_over_the_underlay_with_their_addresses_and_zones(lab: La
     again = lab.cli("up", "--hosts", "2")
     assert again.returncode == 0 and "already up" in again.stdout
 
+    # Every host joined with a join token of its own, issued for its host id: none holds the shared one.
+    shared = Home(lab.home_of("ctl")).join_token.read_text()
+    for member in ("h1", "h2"):
+        own = Home(lab.home_of(member)).join_token
+        assert own.stat().st_mode & 0o777 == 0o600 and own.read_text() != shared
+    with lab.entered(), ApiClient(Credentials.load(Home(lab.home_of("ctl")).credentials)) as client:
+        issued = client.get("/v1/admin/join-tokens")["join_tokens"]
+    assert sorted((t["host_id"], t["status"]) for t in issued) == [("h1", "bound"), ("h2", "bound")]
+
 
 def test_members_are_joined_by_a_1550_byte_underlay_and_the_external_namespace_has_its_address(
     lab: Lab,
@@ -64,3 +77,13 @@ def test_status_reports_a_dead_agent(lab: Lab) -> None:
     assert status.returncode == 3
     assert "problem: h2/agent is not running" in status.stdout
     assert json.loads((lab.root / "lab.json").read_text())["hosts"] == 2
+
+    # Started again, it joins with the same token and API secret: the controller takes it back.
+    before = {h["id"]: h["last_heartbeat"] for h in lab_cli.hosts(lab.lab)}
+    lab.start_agent("h2")
+    deadline = time.monotonic() + 300
+    while (status := lab.cli("status")).returncode != 0:
+        assert time.monotonic() < deadline, status.stdout
+        time.sleep(1)
+    after = {h["id"]: h for h in lab_cli.hosts(lab.lab)}
+    assert after["h2"]["state"] == "up" and after["h2"]["last_heartbeat"] != before["h2"]
