@@ -219,6 +219,12 @@ BackupId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
 router = APIRouter()
 
 
+def _require_path_id(body_id: str, path_id: str) -> None:
+    """A PUT/POST body names the resource its path names (a mismatch is a caller bug, never guessed at)."""
+    if body_id != path_id:
+        raise InvalidRequest(f"body id {body_id!r} does not match path id {path_id!r}")
+
+
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -231,22 +237,19 @@ def get_host(service: Service) -> HostInfo:
 
 @router.put("/v1/servers/{server_id}")
 def put_server(server_id: ServerId, spec: ServerSpec, service: Service) -> ServerState:
-    if spec.id != server_id:
-        raise InvalidRequest(f"body id {spec.id!r} does not match path id {server_id!r}")
+    _require_path_id(spec.id, server_id)
     return service.ensure_server(spec)
 
 
 @router.post("/v1/servers/{server_id}/resize")
 def resize_server(server_id: ServerId, spec: ServerSpec, service: Service) -> ServerState:
-    if spec.id != server_id:
-        raise InvalidRequest(f"body id {spec.id!r} does not match path id {server_id!r}")
+    _require_path_id(spec.id, server_id)
     return service.resize_server(spec)
 
 
 @router.post("/v1/servers/{server_id}/rebuild")
 def rebuild_server(server_id: ServerId, request: RebuildRequest, service: Service) -> ServerState:
-    if request.spec.id != server_id:
-        raise InvalidRequest(f"body id {request.spec.id!r} does not match path id {server_id!r}")
+    _require_path_id(request.spec.id, server_id)
     return service.rebuild_server(request.spec, request.rebuild_id)
 
 
@@ -315,8 +318,7 @@ def detach_volume(server_id: ServerId, volume_id: VolumeId, service: Service) ->
 
 @router.put("/v1/volumes/{volume_id}")
 def put_volume(volume_id: VolumeId, spec: VolumeSpec, service: Service) -> VolumeState:
-    if spec.id != volume_id:
-        raise InvalidRequest(f"body id {spec.id!r} does not match path id {volume_id!r}")
+    _require_path_id(spec.id, volume_id)
     return service.ensure_volume(spec)
 
 
@@ -343,8 +345,7 @@ SnapshotId = Annotated[str, Path(pattern=SERVER_ID_PATTERN, max_length=64)]
 
 @router.put("/v1/snapshots/{snapshot_id}")
 def put_snapshot(snapshot_id: SnapshotId, spec: SnapshotSpec, service: Service) -> SnapshotState:
-    if spec.id != snapshot_id:
-        raise InvalidRequest(f"body id {spec.id!r} does not match path id {snapshot_id!r}")
+    _require_path_id(spec.id, snapshot_id)
     return service.create_snapshot(spec)
 
 

@@ -74,6 +74,7 @@ from agent.storage.layout import (
     ensure_volumes_dir,
     export_path,
     image_cache_dir,
+    instance_ids,
     instance_paths,
     remove_instance_dir,
     snapshot_path,
@@ -745,6 +746,10 @@ class AgentService:
         specs = self._specs.all()
         for spec in specs:
             powers.setdefault(spec.id, "missing")
+        # Disks left without a spec or a domain (files behind labcloud's back, a delete cut short) are reported
+        # too, so the reconciler sees them as an orphan when no server owns them.
+        for server_id in instance_ids(self.state_dir):
+            powers.setdefault(server_id, "missing")
         return HostInfo(
             host_id=self.settings.resolved_host_id,
             hostname=socket.gethostname(),
@@ -776,16 +781,7 @@ class AgentService:
         rather than what the servers were created with; then the host's bridge, router and dnsmasq are made to
         match, and the DHCP hosts follow. False if this host has no network for the VPC (nothing to change).
         """
-        changed = 0
-        for spec in self._specs.all():
-            with self._server_lock(spec.id):
-                current = self._specs.get(spec.id)  # re-read under the lock: it may have changed or gone
-                if current is None:
-                    continue
-                updated = _with_network(current, network)
-                if updated != current:
-                    self._specs.put(updated)
-                    changed += 1
+        changed = self._rewrite_specs(lambda spec: _with_network(spec, network))
         with self._sync_lock:
             if network.vpc_id not in self._network.network_ids():
                 return False
@@ -802,16 +798,7 @@ class AgentService:
     def update_security_groups(self, groups: list[SecurityGroupSpec]) -> None:
         """Replace these groups in every stored spec that uses them, then re-apply the firewall."""
         by_id = {group.id: group for group in groups}
-        changed = 0
-        for spec in self._specs.all():
-            with self._server_lock(spec.id):
-                current = self._specs.get(spec.id)  # re-read under the lock: it may have changed or gone
-                if current is None:
-                    continue
-                updated = _with_groups(current, by_id)
-                if updated != current:
-                    self._specs.put(updated)
-                    changed += 1
+        changed = self._rewrite_specs(lambda spec: _with_groups(spec, by_id))
         with self._sync_lock:
             self._sync_ports()
         log.info("security groups %s updated in %d server specs", ", ".join(sorted(by_id)) or "-", changed)
@@ -855,6 +842,20 @@ class AgentService:
         remove_export(self.state_dir, export_id)
 
     # ---- helpers -------------------------------------------------------------------------------------------
+
+    def _rewrite_specs(self, change: Callable[[ServerSpec], ServerSpec]) -> int:
+        """Apply `change` to every stored spec, each under its server's lock; how many specs it changed."""
+        changed = 0
+        for spec in self._specs.all():
+            with self._server_lock(spec.id):
+                current = self._specs.get(spec.id)  # re-read under the lock: it may have changed or gone
+                if current is None:
+                    continue
+                updated = change(current)
+                if updated != current:
+                    self._specs.put(updated)
+                    changed += 1
+        return changed
 
     @contextmanager
     def _server_lock(self, server_id: str) -> Iterator[None]:

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.e2e import journey
 from tests.support import netns
 from tests.support.cloud import Cloud, start_cloud
+from tests.support.keys import write_keypair
 
 RAW_BRIDGE, RAW_GATEWAY, RAW_IP, RAW_MAC = "rawbr0", "10.250.0.1", "10.250.0.10", "52:54:00:fa:00:10"
 
@@ -78,15 +77,8 @@ def _ssh_works(ns: str, ip: str, key: paramiko.PKey) -> bool:
 
 
 def _new_key(workdir: Path) -> tuple[str, paramiko.PKey]:
-    key = Ed25519PrivateKey.generate()
-    path = workdir / "id_ed25519"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode(), paramiko.PKey.from_path(str(path))
+    public, path = write_keypair(workdir / "id_ed25519")
+    return public, paramiko.PKey.from_path(str(path))
 
 
 def _virsh(cloud: Cloud, *argv: str) -> str:

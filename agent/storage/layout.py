@@ -61,7 +61,7 @@ class InstancePaths:
 
 def instance_paths(state_dir: Path, server_id: str) -> InstancePaths:
     """The files of one server. Pure: creates nothing (see `ensure_instance_dir`)."""
-    if not _SAFE_ID.fullmatch(server_id) or ".." in server_id:
+    if not _is_safe_id(server_id):
         raise StorageError(f"server id {server_id!r} cannot be used as a directory name")
     base = Path(state_dir) / "instances" / server_id
     return InstancePaths(
@@ -72,37 +72,54 @@ def instance_paths(state_dir: Path, server_id: str) -> InstancePaths:
     )
 
 
+def instance_ids(state_dir: Path) -> list[str]:
+    """The servers that have a directory under `<state>/instances` (whatever else they have or lack)."""
+    try:
+        entries = list((Path(state_dir) / "instances").iterdir())
+    except FileNotFoundError:
+        return []
+    return sorted(e.name for e in entries if e.is_dir() and _is_safe_id(e.name))
+
+
 def volume_path(state_dir: Path, volume_id: str) -> Path:
     """The file of one data volume. Pure: creates nothing (see `ensure_volumes_dir`)."""
-    if not _SAFE_ID.fullmatch(volume_id) or ".." in volume_id:
-        raise StorageError(f"volume id {volume_id!r} cannot be used as a file name")
-    return Path(state_dir) / "volumes" / f"{volume_id}.qcow2"
+    return _qcow2_file(state_dir, "volumes", "volume", volume_id)
 
 
 def ensure_volumes_dir(state_dir: Path) -> Path:
     """Create `<state>/volumes` with traversable modes; idempotent."""
-    ensure_traversable_dir(Path(state_dir))
-    return ensure_traversable_dir(Path(state_dir) / "volumes")
+    return _ensure_state_subdir(state_dir, "volumes")
 
 
 def snapshot_path(state_dir: Path, snapshot_id: str) -> Path:
     """The file of one volume snapshot. Pure: creates nothing (see `ensure_snapshots_dir`)."""
-    if not _SAFE_ID.fullmatch(snapshot_id) or ".." in snapshot_id:
-        raise StorageError(f"snapshot id {snapshot_id!r} cannot be used as a file name")
-    return Path(state_dir) / "snapshots" / f"{snapshot_id}.qcow2"
+    return _qcow2_file(state_dir, "snapshots", "snapshot", snapshot_id)
 
 
 def ensure_snapshots_dir(state_dir: Path) -> Path:
     """Create `<state>/snapshots` with traversable modes; idempotent."""
-    ensure_traversable_dir(Path(state_dir))
-    return ensure_traversable_dir(Path(state_dir) / "snapshots")
+    return _ensure_state_subdir(state_dir, "snapshots")
 
 
 def export_path(state_dir: Path, export_id: str) -> Path:
     """The file of one disk export (a flattened root disk on its way to the image store). Pure."""
-    if not _SAFE_ID.fullmatch(export_id) or ".." in export_id:
-        raise StorageError(f"export id {export_id!r} cannot be used as a file name")
-    return Path(state_dir) / "exports" / f"{export_id}.qcow2"
+    return _qcow2_file(state_dir, "exports", "export", export_id)
+
+
+def _is_safe_id(item_id: str) -> bool:
+    return _SAFE_ID.fullmatch(item_id) is not None and ".." not in item_id
+
+
+def _qcow2_file(state_dir: Path, subdir: str, kind: str, item_id: str) -> Path:
+    """`<state>/<subdir>/<item_id>.qcow2`, refusing an id that is not one safe file name."""
+    if not _is_safe_id(item_id):
+        raise StorageError(f"{kind} id {item_id!r} cannot be used as a file name")
+    return Path(state_dir) / subdir / f"{item_id}.qcow2"
+
+
+def _ensure_state_subdir(state_dir: Path, subdir: str) -> Path:
+    ensure_traversable_dir(Path(state_dir))
+    return ensure_traversable_dir(Path(state_dir) / subdir)
 
 
 def image_cache_dir(state_dir: Path) -> Path:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from controller.cli import daemon
 from controller.cli.errors import CliError
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,19 @@ def delete(ns: str, timeout: float = 10.0) -> list[int]:
     if not exists(ns):
         return []
     leftover = pids(ns)
-    for pid in leftover:
+    kill_all(leftover, timeout)
+    ip("netns", "del", ns)
+    return leftover
+
+
+def kill_all(targets: Sequence[int], timeout: float = 10.0) -> None:
+    """SIGKILL the processes and wait until they are gone (or zombies)."""
+    for pid in targets:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in leftover):
+    while time.monotonic() < deadline and any(daemon.is_alive(p) for p in targets):
         time.sleep(0.05)
-    ip("netns", "del", ns)
-    return leftover
 
 
 def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
@@ -71,10 +77,12 @@ def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
 @contextmanager
 def entered(ns: str) -> Iterator[None]:
     """The calling thread inside `ns` for the block (a network namespace is per thread); sockets opened in
-    the block stay in `ns`."""
+    the block stay in `ns`. `ns` is a name from `ip netns add` or a path such as /proc/<pid>/ns/net (an unnamed
+    namespace)."""
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        target = os.open(NETNS_DIR / ns, os.O_RDONLY | os.O_CLOEXEC)
+        path = ns if ns.startswith("/") else NETNS_DIR / ns
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(target)
         finally:
@@ -91,11 +99,3 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")

@@ -51,7 +51,12 @@ class Server(SQLModel, table=True):
 
     @property
     def instance_name(self) -> str:
-        return f"lc-{self.id}"
+        return instance_name_of(self.id)
+
+
+def instance_name_of(server_id: str) -> str:
+    """The libvirt domain name of a server."""
+    return f"lc-{server_id}"
 
 
 # --- request bodies (the API's write schemas) ---

@@ -123,11 +123,12 @@ def bind_to_server(session: Session, project_id: str, server_id: str, entry: dic
 
 
 def release_reserved(session: Session, project_id: str, entry: dict[str, Any] | None) -> None:
-    """After a failed create: delete an EIP allocated for it; an existing EIP is left to its project."""
+    """After a failed create: delete an EIP allocated for it, unless bound (then it goes with its server); an
+    existing EIP is left to its project."""
     if not entry or not entry.get("allocated"):
         return
     eip = session.get(Eip, entry["publicip_id"])
-    if eip is None or eip.project_id != project_id:
+    if eip is None or eip.project_id != project_id or eip.port_id is not None:
         return
     session.delete(eip)
     session.flush()

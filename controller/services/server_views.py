@@ -2,18 +2,26 @@
 
 Keys and JSON types follow `huaweicloudsdkecs.v2.model.ServerDetail`: the SDK casts every value, so flavor
 sizes are strings, `OS-EXT-STS:power_state` is an int and `locked` a real boolean. A page of servers is shaped
-from a handful of bulk queries (ports, flavors, groups, hosts), never one query per server.
+from a handful of bulk queries (ports, flavors, groups, hosts, volumes, EIPs), never one query per server.
+
+Listing 1,000 servers is the hot path, so it reads plain rows of exactly the columns the view shows (no ORM
+objects), decodes the JSON columns through a small cache (a page repeats a few values: `[]`, `{}`, one group
+list), works out what depends only on the host once per host, and builds each ServerDetail in one dict literal.
+`show` passes a Server object through the same `server_detail`: both have the attributes it reads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import DateTime, Text, TypeDecorator, cast, func, type_coerce
 from sqlmodel import Session, col, select
 
 from controller.errors import BadRequest
@@ -22,9 +30,8 @@ from controller.models.eip import Eip
 from controller.models.flavor import Flavor
 from controller.models.host import Host
 from controller.models.network import Port, SecurityGroup
-from controller.models.server import Server
-from controller.models.volume import Volume
-from controller.services.volume_views import attached_volumes, server_detail_volume
+from controller.models.server import Server, instance_name_of
+from controller.services.volume_views import attached_volume_rows, server_detail_volume
 from controller.state import DELETED, ERROR, POWER_STATE, VM_STATE
 
 DEFAULT_LIMIT = 25
@@ -57,14 +64,31 @@ class Related:
     groups: dict[str, SecurityGroup]
     hosts: dict[str, Host]
     host_dead_seconds: float
-    volumes: dict[str, list[Volume]] = field(default_factory=dict)
+    volumes: dict[str, list[Any]] = field(default_factory=dict)  # rows of `attached_volume_rows`
     floating: dict[str, str] = field(default_factory=dict)  # port id -> the EIP bound to it
+    # Per host id: (hypervisor hostname, host_status), worked out once for the page.
+    host_views: dict[str, tuple[str, str]] = field(default_factory=dict)
+    digests: dict[tuple[str, str | None], str] = field(default_factory=dict)  # memo of `host_digest`
+
+    def digest(self, project_id: str, host_id: str | None) -> str:
+        key = (project_id, host_id)
+        value = self.digests.get(key)
+        if value is None:
+            value = self.digests[key] = host_digest(project_id, host_id)
+        return value
+
+
+_LABEL = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_NOT_LABEL_CHARS = re.compile(r"[^a-z0-9-]+")
+_HYPHENS = re.compile(r"-{2,}")
 
 
 def hostname_of(name: str, server_id: str) -> str:
     """The server name made a DNS label: lower case, '-' for anything else, at most 63 characters."""
-    label = re.sub(r"[^a-z0-9-]+", "-", name.lower())
-    label = re.sub(r"-{2,}", "-", label).strip("-")[:63].rstrip("-")
+    if len(name) <= 63 and _LABEL.fullmatch(name):
+        return name  # already a label (most names): what the substitutions below would return
+    label = _NOT_LABEL_CHARS.sub("-", name.lower())
+    label = _HYPHENS.sub("-", label).strip("-")[:63].rstrip("-")
     return label or f"server-{server_id[:8]}"
 
 
@@ -78,7 +102,8 @@ def host_digest(project_id: str, host_id: str | None) -> str:
 _PORT_COLUMNS = (Port.id, Port.server_id, Port.vpc_id, Port.ip_address, Port.mac_address)
 
 
-def load_related(session: Session, servers: list[Server], host_dead_seconds: float) -> Related:
+def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: float) -> Related:
+    """`servers` are Server objects or rows of `_DETAIL_COLUMNS`."""
     ids = [s.id for s in servers]
     ports: dict[str, list[Any]] = defaultdict(list)
     if ids:
@@ -94,14 +119,16 @@ def load_related(session: Session, servers: list[Server], host_dead_seconds: flo
     flavor_ids = {s.flavor_id for s in servers}
     group_ids = {gid for s in servers for gid in s.security_group_ids}
     host_ids = {s.host_id for s in servers if s.host_id}
+    hosts: dict[str, Host] = _by_id(session, Host, host_ids)
     return Related(
         ports=ports,
         flavors=_by_id(session, Flavor, flavor_ids),
         groups=_by_id(session, SecurityGroup, group_ids),
-        hosts=_by_id(session, Host, host_ids),
+        hosts=hosts,
         host_dead_seconds=host_dead_seconds,
-        volumes=attached_volumes(session, ids),
+        volumes=attached_volume_rows(session, ids),
         floating=_floating(session, [p.id for group in ports.values() for p in group]),
+        host_views={h.id: (h.hostname, _host_status(h, host_dead_seconds)) for h in hosts.values()},
     )
 
 
@@ -120,58 +147,42 @@ def _by_id(session: Session, model: Any, ids: set[str]) -> dict[str, Any]:
     return {row.id: row for row in session.exec(select(model).where(col(model.id).in_(ids))).all()}
 
 
-def server_detail(server: Server, related: Related) -> dict[str, Any]:
-    flavor = related.flavors.get(server.flavor_id)
-    host = related.hosts.get(server.host_id) if server.host_id else None
-    ports = related.ports.get(server.id, [])
-    addresses: dict[str, list[dict[str, Any]]] = {}
-    for index, port in enumerate(ports):
-        addresses.setdefault(port.vpc_id, []).append(
-            {
-                "version": "4",
-                "addr": port.ip_address,
-                "OS-EXT-IPS:type": "fixed",
-                "OS-EXT-IPS-MAC:mac_addr": port.mac_address,
-                "OS-EXT-IPS:port_id": port.id,
-                "primary": index == 0,
-            }
-        )
-        eip = related.floating.get(port.id)
-        if eip is not None:  # Nova's and Huawei's shape: the EIP is one more address of the port's network
-            addresses[port.vpc_id].append(
-                {
-                    "version": "4",
-                    "addr": eip,
-                    "OS-EXT-IPS:type": "floating",
-                    "OS-EXT-IPS-MAC:mac_addr": port.mac_address,
-                    "OS-EXT-IPS:port_id": port.id,
-                    "primary": False,
-                }
-            )
+def server_detail(server: Any, related: Related) -> dict[str, Any]:
+    """One ServerDetail; `server` is a Server or a row of `_DETAIL_COLUMNS` (the attributes read are the same)."""
+    sid, project_id, host_id, flavor_id, status = (
+        server.id,
+        server.project_id,
+        server.host_id,
+        server.flavor_id,
+        server.status,
+    )
+    flavor = related.flavors.get(flavor_id)
+    hypervisor, host_status = related.host_views.get(host_id, ("", "")) if host_id else ("", "")
+    groups = related.groups
     detail: dict[str, Any] = {
-        "id": server.id,
+        "id": sid,
         "name": server.name,
         "description": server.description,
-        "status": server.status,
+        "status": status,
         "created": iso_z(server.created_at),
         "updated": iso_z(server.updated_at),
-        "tenant_id": server.project_id,
+        "tenant_id": project_id,
         "user_id": server.user_id,
-        "hostId": host_digest(server.project_id, server.host_id),
+        "hostId": related.digest(project_id, host_id),
         "key_name": server.key_name or "",
         "locked": False,
         "progress": 100 if server.launched_at else 0,
         "image": {"id": server.image_id},
         "flavor": {
-            "id": server.flavor_id,
-            "name": flavor.name if flavor else server.flavor_id,
+            "id": flavor_id,
+            "name": flavor.name if flavor else flavor_id,
             "vcpus": str(flavor.vcpus) if flavor else "0",
             "ram": str(flavor.ram_mib) if flavor else "0",
             "disk": str(server.root_volume_size),
         },
-        "addresses": addresses,
+        "addresses": _addresses(related.ports.get(sid, ()), related.floating),
         "security_groups": [
-            {"id": gid, "name": related.groups[gid].name if gid in related.groups else gid}
+            {"id": gid, "name": groups[gid].name if gid in groups else gid}
             for gid in server.security_group_ids
         ],
         "accessIPv4": "",
@@ -179,13 +190,13 @@ def server_detail(server: Server, related: Related) -> dict[str, Any]:
         "config_drive": "",
         "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-AZ:availability_zone": server.availability_zone,
-        "OS-EXT-STS:vm_state": VM_STATE.get(server.status, "error"),
+        "OS-EXT-STS:vm_state": VM_STATE.get(status, "error"),
         "OS-EXT-STS:task_state": server.task_state or "",
-        "OS-EXT-STS:power_state": POWER_STATE.get(server.status, 0),
-        "OS-EXT-SRV-ATTR:host": server.host_id or "",
-        "OS-EXT-SRV-ATTR:hypervisor_hostname": host.hostname if host else "",
-        "OS-EXT-SRV-ATTR:instance_name": server.instance_name,
-        "OS-EXT-SRV-ATTR:hostname": hostname_of(server.name, server.id),
+        "OS-EXT-STS:power_state": POWER_STATE.get(status, 0),
+        "OS-EXT-SRV-ATTR:host": host_id or "",
+        "OS-EXT-SRV-ATTR:hypervisor_hostname": hypervisor,
+        "OS-EXT-SRV-ATTR:instance_name": instance_name_of(sid),
+        "OS-EXT-SRV-ATTR:hostname": hostname_of(server.name, sid),
         "OS-EXT-SRV-ATTR:reservation_id": "",
         "OS-EXT-SRV-ATTR:launch_index": 0,
         "OS-EXT-SRV-ATTR:kernel_id": "",
@@ -195,15 +206,15 @@ def server_detail(server: Server, related: Related) -> dict[str, Any]:
         "OS-SRV-USG:launched_at": iso_z(server.launched_at) or "",
         "OS-SRV-USG:terminated_at": iso_z(server.deleted_at) or "",
         "os-extended-volumes:volumes_attached": [
-            server_detail_volume(v) for v in related.volumes.get(server.id, [])
+            server_detail_volume(v) for v in related.volumes.get(sid, ())
         ],
-        "host_status": _host_status(host, related.host_dead_seconds),
+        "host_status": host_status,
         "metadata": dict(server.meta),
         "tags": [f"{t['key']}={t.get('value', '')}" for t in server.tags],
         "sys_tags": [],
         "enterprise_project_id": "0",
     }
-    if server.status == ERROR:
+    if status == ERROR:
         detail["fault"] = {
             "code": FAULT_CODE,
             "message": server.fault_message or "",
@@ -211,6 +222,35 @@ def server_detail(server: Server, related: Related) -> dict[str, Any]:
             "created": iso_z(server.fault_at or server.updated_at),
         }
     return detail
+
+
+def _addresses(ports: Sequence[Any], floating: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    addresses: dict[str, list[dict[str, Any]]] = {}
+    for index, port in enumerate(ports):
+        entries = addresses.setdefault(port.vpc_id, [])
+        entries.append(
+            {
+                "version": "4",
+                "addr": port.ip_address,
+                "OS-EXT-IPS:type": "fixed",
+                "OS-EXT-IPS-MAC:mac_addr": port.mac_address,
+                "OS-EXT-IPS:port_id": port.id,
+                "primary": index == 0,
+            }
+        )
+        eip = floating.get(port.id)
+        if eip is not None:  # Nova's and Huawei's shape: the EIP is one more address of the port's network
+            entries.append(
+                {
+                    "version": "4",
+                    "addr": eip,
+                    "OS-EXT-IPS:type": "floating",
+                    "OS-EXT-IPS-MAC:mac_addr": port.mac_address,
+                    "OS-EXT-IPS:port_id": port.id,
+                    "primary": False,
+                }
+            )
+    return addresses
 
 
 def _host_status(host: Host | None, dead_after: float) -> str:
@@ -240,8 +280,59 @@ def interfaces_view(ports: list[Port]) -> dict[str, Any]:
     }
 
 
-def list_servers(session: Session, project_id: str, filters: ServerFilters) -> tuple[int, list[Server]]:
-    """(total before paging, one page of servers), newest first."""
+class _CachedJSON(TypeDecorator[Any]):
+    """A JSON column read as its text (CAST … AS TEXT, also on PostgreSQL whose driver would parse it) and decoded
+    through `_json_value`'s cache. The values are shared between rows: only read them."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else _json_value(value)
+
+
+@lru_cache(maxsize=1024)
+def _json_value(text: str) -> Any:
+    return json.loads(text)
+
+
+def _timestamp(column: Any) -> Any:
+    """A timestamp column read by the driver's own datetime parsing; `iso_z` takes naive values as UTC, which
+    is how they are stored."""
+    return type_coerce(column, DateTime()).label(column.key)
+
+
+# Exactly the columns `server_detail` and `load_related` read, under the Server attribute names.
+_DETAIL_COLUMNS = (
+    Server.id,
+    Server.project_id,
+    Server.user_id,
+    Server.name,
+    Server.description,
+    Server.status,
+    Server.task_state,
+    Server.fault_code,
+    Server.fault_message,
+    _timestamp(Server.fault_at),
+    Server.flavor_id,
+    Server.image_id,
+    Server.host_id,
+    Server.availability_zone,
+    Server.key_name,
+    cast(Server.security_group_ids, _CachedJSON).label("security_group_ids"),
+    cast(Server.meta, _CachedJSON).label("meta"),
+    cast(Server.tags, _CachedJSON).label("tags"),
+    Server.root_volume_size,
+    Server.user_data,
+    _timestamp(Server.created_at),
+    _timestamp(Server.updated_at),
+    _timestamp(Server.launched_at),
+    _timestamp(Server.deleted_at),
+)
+
+
+def list_servers(session: Session, project_id: str, filters: ServerFilters) -> tuple[int, list[Any]]:
+    """(total before paging, one page of servers as rows of `_DETAIL_COLUMNS`), newest first."""
     limit = DEFAULT_LIMIT if filters.limit is None else filters.limit
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"Invalid limit {limit}: it must be between 1 and {MAX_LIMIT}")
@@ -276,13 +367,14 @@ def list_servers(session: Session, project_id: str, filters: ServerFilters) -> t
         page_ids = ids[(page_no - 1) * limit : page_no * limit]
         if not page_ids:
             return total, []
-        by_id = {s.id: s for s in session.exec(select(Server).where(col(Server.id).in_(page_ids))).all()}
+        found = session.connection().execute(select(*_DETAIL_COLUMNS).where(col(Server.id).in_(page_ids)))
+        by_id = {row.id: row for row in found}
         return total, [by_id[sid] for sid in page_ids if sid in by_id]
 
     total = session.exec(select(func.count()).select_from(stmt.subquery())).one()
-    page_stmt = select(Server).where(col(Server.id).in_(stmt)).order_by(*order)
-    servers = session.exec(page_stmt.offset((page_no - 1) * limit).limit(limit)).all()
-    return int(total), list(servers)
+    page_stmt = select(*_DETAIL_COLUMNS).where(col(Server.id).in_(stmt)).order_by(*order)
+    rows = session.connection().execute(page_stmt.offset((page_no - 1) * limit).limit(limit)).all()
+    return int(total), list(rows)
 
 
 def _tag_set(text: str | None) -> set[tuple[str, str]]:

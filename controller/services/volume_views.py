@@ -68,8 +68,9 @@ def server_attachment(volume: Volume) -> dict[str, Any]:
     }
 
 
-def server_detail_volume(volume: Volume) -> dict[str, Any]:
-    """One entry of ServerDetail's `os-extended-volumes:volumes_attached` (all strings in the SDK model)."""
+def server_detail_volume(volume: Any) -> dict[str, Any]:
+    """One entry of ServerDetail's `os-extended-volumes:volumes_attached` (all strings in the SDK model); `volume`
+    is a Volume or a row of `attached_volume_rows`."""
     return {
         "id": volume.id,
         "device": volume.device or "",
@@ -83,11 +84,23 @@ def attached_volumes(session: Session, server_ids: list[str]) -> dict[str, list[
     result: dict[str, list[Volume]] = {sid: [] for sid in server_ids}
     if not server_ids:
         return result
-    stmt = (
-        select(Volume)
-        .where(col(Volume.server_id).in_(server_ids), col(Volume.status).in_((IN_USE, DETACHING)))
-        .order_by(col(Volume.device))
-    )
-    for volume in session.exec(stmt).all():
+    for volume in session.exec(_attached(select(Volume), server_ids)).all():
         result[volume.server_id or ""].append(volume)
     return result
+
+
+def attached_volume_rows(session: Session, server_ids: list[str]) -> dict[str, list[Any]]:
+    """`attached_volumes` as plain rows of what `server_detail_volume` shows (id, device), for list views."""
+    result: dict[str, list[Any]] = {}
+    if not server_ids:
+        return result
+    stmt = _attached(select(Volume.id, Volume.server_id, Volume.device), server_ids)
+    for row in session.connection().execute(stmt):
+        result.setdefault(row.server_id or "", []).append(row)
+    return result
+
+
+def _attached(stmt: Any, server_ids: list[str]) -> Any:
+    return stmt.where(
+        col(Volume.server_id).in_(server_ids), col(Volume.status).in_((IN_USE, DETACHING))
+    ).order_by(col(Volume.device))

@@ -7,6 +7,7 @@ where a heartbeat has to carry the news, with generous timeouts.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -21,6 +22,7 @@ from huaweicloudsdkecs.v2 import ShowServerRequest
 from sqlalchemy import update
 from sqlmodel import col
 
+from agent.storage.layout import instance_paths
 from agent.virt.domain_xml import METADATA_NS, domain_name
 from controller.db import session_scope
 from controller.models.common import utcnow
@@ -138,6 +140,30 @@ def test_orphan_domains_are_reported_then_deleted_by_policy(api, agent_host) -> 
     with pytest.raises(libvirt.libvirtError):
         libvirt_conn.lookupByName(domain_name(orphan_id))
     assert libvirt_conn.lookupByName(domain_name(sid)).isActive()  # the owned server is untouched
+    assert row(api, sid).status == "ACTIVE"
+    assert run_once(api.ctx).orphans == []
+
+
+def test_orphan_disks_are_reported_then_deleted_by_policy(api, agent_host) -> None:  # type: ignore[no-untyped-def]
+    """A server's disks left on the host with no domain and no spec (a server long deleted, files copied in
+    behind labcloud's back) are an orphan like a domain: reported, then removed with `delete`."""
+    (sid,) = boot(api)
+    orphan_id = str(uuid.uuid4())
+    leftover = instance_paths(agent_host.settings.state_dir, orphan_id)
+    leftover.dir.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(leftover.root_disk), "1G"], check=True)
+
+    assert api.ctx.settings.reconcile_orphans == "report"
+    report = run_once(api.ctx)
+    assert report.orphans == [Orphan(agent_host.host_id, orphan_id, "missing")]
+    assert report.orphans_deleted == [] and not report.changed
+    assert leftover.root_disk.exists()
+
+    api.ctx.settings.reconcile_orphans = "delete"
+    report = run_once(api.ctx)
+    assert report.orphans_deleted == [orphan_id]
+    assert not leftover.dir.exists()
+    assert instance_paths(agent_host.settings.state_dir, sid).root_disk.exists()  # the owned server's stays
     assert row(api, sid).status == "ACTIVE"
     assert run_once(api.ctx).orphans == []
 

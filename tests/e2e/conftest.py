@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.cloud import Cloud, CloudFactory, closing
 from tests.support.image import tinycloud_image
+from tests.support.keys import write_keypair
 from tests.support.lab import Lab, running_lab
 
 
@@ -50,13 +49,4 @@ def lab(guest_image: Path) -> Iterator[Lab]:
 @pytest.fixture
 def keypair(tmp_path: Path) -> tuple[str, Path]:
     """A fresh ed25519 key pair: (OpenSSH public key, path of the private key file, 0600)."""
-    key = Ed25519PrivateKey.generate()
-    path = tmp_path / "id_ed25519"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-    )
-    path.chmod(0o600)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode(), path
+    return write_keypair(tmp_path / "id_ed25519")

@@ -13,34 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.e2e import journey
+from tests.support.crash import daemon_pid, kill_9
+from tests.support.keys import public_key
 
 pytestmark = pytest.mark.e2e
 
 
-def _pid(home: Path, name: str) -> int:
-    return int((home / "run" / f"{name}.pid").read_text().split()[0])
-
-
-def _kill_controller(home: Path) -> None:
-    pid = _pid(home, "controller")
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"controller {pid} survived SIGKILL")
-
-
 def test_a_create_interrupted_by_a_controller_crash_finishes_after_restart(cloud: Any) -> None:
-    key = Ed25519PrivateKey.generate().public_key()
-    public = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    public = public_key()
     ecs, vpc, ims = cloud.ecs(), cloud.vpc(), cloud.ims()
     with cloud.entered():
         journey.import_keypair(ecs, "restart-key", public)
@@ -57,7 +39,7 @@ def test_a_create_interrupted_by_a_controller_crash_finishes_after_restart(cloud
             sg_id=sg_id,
             key_name="restart-key",
         )
-    agent = _pid(Path(cloud.home), "agent")
+    agent = daemon_pid(Path(cloud.home), "agent")
     os.kill(agent, signal.SIGSTOP)
     try:
         with cloud.entered():
@@ -65,7 +47,8 @@ def test_a_create_interrupted_by_a_controller_crash_finishes_after_restart(cloud
             while journey.show_job(ecs, job_id).status != "RUNNING":
                 assert time.monotonic() < deadline, "the create job never started"
                 time.sleep(0.05)
-        _kill_controller(Path(cloud.home))  # its worker dies with the job RUNNING and the lease held
+        # The controller's worker dies with the job RUNNING and the lease held.
+        kill_9(daemon_pid(Path(cloud.home), "controller"), "the controller")
     finally:
         os.kill(agent, signal.SIGCONT)
     cloud.run("up")  # starts what is not running: here, the controller

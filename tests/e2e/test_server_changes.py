@@ -21,8 +21,6 @@ from typing import Any
 import libvirt
 import paramiko
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from huaweicloudsdkecs.v2 import (
     AttachServerVolumeOption,
     AttachServerVolumeRequest,
@@ -42,6 +40,8 @@ from agent.virt.domain_xml import domain_name
 from tests.e2e import journey
 from tests.e2e.test_volumes import evs_client, guest, wait_evs_job, wait_in_guest
 from tests.support import ssh
+from tests.support.crash import daemon_pid, kill_9
+from tests.support.keys import write_keypair
 from tests.support.server_changes import add_flavor, reinstall, resize
 
 pytestmark = pytest.mark.e2e
@@ -51,35 +51,6 @@ WAIT_S = 300.0
 DATA_MIB = 8
 SECTORS_PER_GIB = 2 * 1024 * 1024
 BIG_FLAVOR = "e2.resize.3"  # 2 vCPUs, 256 MiB, a 3 GiB root disk
-
-
-def _key(tmp_path: Path, name: str) -> tuple[str, Path]:
-    key = Ed25519PrivateKey.generate()
-    path = tmp_path / name
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-    )
-    path.chmod(0o600)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode(), path
-
-
-def _agent_pid(home: Path) -> int:
-    return int((home / "run" / "agent.pid").read_text().split()[0])
-
-
-def _kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"agent {pid} survived SIGKILL")
 
 
 def _domain(home: Path, server_id: str) -> tuple[libvirt.virConnect, libvirt.virDomain]:
@@ -100,8 +71,8 @@ def _checksum(client: paramiko.SSHClient) -> str:
 
 def test_attach_and_resize_survive_agent_kills_then_reinstall(cloud: Any, tmp_path: Path) -> None:
     home = Path(cloud.home)
-    first_public, first_key = _key(tmp_path, "first")
-    second_public, second_key = _key(tmp_path, "second")
+    first_public, first_key = write_keypair(tmp_path / "first")
+    second_public, second_key = write_keypair(tmp_path / "second")
     add_flavor(
         f"sqlite:///{home / 'controller' / 'labcloud.db'}", BIG_FLAVOR, vcpus=2, ram_mib=256, disk_gib=3
     )
@@ -136,7 +107,7 @@ def test_attach_and_resize_survive_agent_kills_then_reinstall(cloud: Any, tmp_pa
         guest(client, "echo old-system > /root/marker && sync")
 
         # --- attach, with the agent killed while the job's call is in flight ---
-        agent = _agent_pid(home)
+        agent = daemon_pid(home, "agent")
         os.kill(agent, signal.SIGSTOP)
         try:
             body = AttachServerVolumeRequestBody(
@@ -152,7 +123,7 @@ def test_attach_and_resize_survive_agent_kills_then_reinstall(cloud: Any, tmp_pa
                     time.sleep(0.05)
             time.sleep(1.0)  # the job is now waiting on the frozen agent
         finally:
-            _kill(agent)
+            kill_9(agent, "the agent")
         restarted = time.monotonic()
         cloud.run("up")  # starts what is not running: the agent
         log.info("agent restarted by `labcloud up` in %.1f s", time.monotonic() - restarted)
@@ -178,7 +149,7 @@ def test_attach_and_resize_survive_agent_kills_then_reinstall(cloud: Any, tmp_pa
         while dom.isActive():
             assert time.monotonic() < deadline, "the guest was never shut down for the resize"
             time.sleep(0.01)
-        _kill(_agent_pid(home))
+        kill_9(daemon_pid(home, "agent"), "the agent")
         assert not dom.isActive(), "the agent had already restarted the guest: the kill came too late"
         with cloud.entered():
             assert journey.show(ecs, server_id).status == "RESIZE"

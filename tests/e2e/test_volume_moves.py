@@ -17,20 +17,16 @@ from typing import Any
 
 import paramiko
 import pytest
-from huaweicloudsdkcore.auth.credentials import BasicCredentials
-from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkevs.v2 import (
     CreateVolumeOption,
     CreateVolumeRequest,
     CreateVolumeRequestBody,
-    EvsClient,
     ShowVolumeRequest,
 )
 
 from tests.e2e import journey
 from tests.e2e.test_volumes import attach, detach, guest, wait_evs_job, wait_in_guest
 from tests.support import ssh
-from tests.support.cloud import InNamespace
 from tests.support.lab import Lab, running_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -45,18 +41,6 @@ def one_zone_lab(guest_image: Path) -> Iterator[Lab]:
     """`labcloud lab up --hosts 2 --azs 1`: h1 and h2 both in lab-1a, so a volume may move between them."""
     with running_lab(hosts=2, azs=1, extra_env={"LABCLOUD_SEED_IMAGE": str(guest_image)}) as made:
         yield made
-
-
-def _evs(lab: Lab) -> Any:
-    creds = lab.credentials
-    client = (
-        EvsClient.new_builder()
-        .with_http_config(HttpConfig.get_default_config())
-        .with_credentials(BasicCredentials(creds["ak"], creds["sk"], creds["project_id"]))
-        .with_endpoints([creds["endpoint"]])
-        .build()
-    )
-    return InNamespace(client, lab.ns("ctl"))
 
 
 def _admin(lab: Lab, *argv: str) -> None:
@@ -96,7 +80,7 @@ def _login(lab: Lab, host: str, vpc_id: str, server: Any, key: Path) -> paramiko
 def test_data_written_on_one_host_reads_back_on_another(one_zone_lab: Lab, keypair: tuple[str, Path]) -> None:
     lab = one_zone_lab
     public_key, key = keypair
-    ecs, evs = lab.ecs(), _evs(lab)
+    ecs, evs = lab.ecs(), lab.evs()
     with lab.entered():
         journey.import_keypair(ecs, "move-key", public_key)
         net = journey.create_network(

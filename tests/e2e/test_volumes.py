@@ -15,8 +15,6 @@ from typing import Any
 
 import paramiko
 import pytest
-from huaweicloudsdkcore.auth.credentials import BasicCredentials
-from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkecs.v2 import (
     AttachServerVolumeOption,
     AttachServerVolumeRequest,
@@ -28,7 +26,6 @@ from huaweicloudsdkevs.v2 import (
     CreateVolumeRequest,
     CreateVolumeRequestBody,
     DeleteVolumeRequest,
-    EvsClient,
     OsExtend,
     ResizeVolumeRequest,
     ResizeVolumeRequestBody,
@@ -39,7 +36,6 @@ from huaweicloudsdkevs.v2 import (
 from agent.storage.disks import GIB, image_info
 from tests.e2e import journey
 from tests.support import ssh
-from tests.support.cloud import InNamespace
 
 pytestmark = pytest.mark.e2e
 log = logging.getLogger(__name__)
@@ -50,14 +46,7 @@ DATA_MIB = 8
 
 
 def evs_client(cloud: Any) -> Any:
-    client = (
-        EvsClient.new_builder()
-        .with_http_config(HttpConfig.get_default_config())
-        .with_credentials(BasicCredentials(cloud.ak, cloud.sk, cloud.project_id))
-        .with_endpoints([cloud.endpoint])
-        .build()
-    )
-    return InNamespace(client, cloud.ns)
+    return cloud.evs()
 
 
 def wait_evs_job(evs: Any, job_id: str) -> Any:

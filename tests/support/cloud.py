@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huaweicloudsdkcbr.v1 import CbrClient
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkecs.v2 import EcsClient
+from huaweicloudsdkevs.v2 import EvsClient
 from huaweicloudsdkims.v2 import ImsClient
 from huaweicloudsdkvpc.v2 import VpcClient
 
+from controller.cli import daemon
 from tests.support import netns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +68,18 @@ class InNamespace:
                 return attr(*args, **kwargs)
 
         return call
+
+
+def namespaced_client(client_class: Any, *, endpoint: str, ak: str, sk: str, project_id: str, ns: str) -> Any:
+    """An official SDK client for one project's AK/SK whose every call runs inside the namespace `ns`."""
+    client = (
+        client_class.new_builder()
+        .with_http_config(HttpConfig.get_default_config())
+        .with_credentials(BasicCredentials(ak, sk, project_id))
+        .with_endpoints([endpoint])
+        .build()
+    )
+    return InNamespace(client, ns)
 
 
 @dataclass
@@ -113,14 +128,14 @@ class Cloud:
         return doc
 
     def _client(self, client_class: Any) -> Any:
-        client = (
-            client_class.new_builder()
-            .with_http_config(HttpConfig.get_default_config())
-            .with_credentials(BasicCredentials(self.ak, self.sk, self.project_id))
-            .with_endpoints([self.endpoint])
-            .build()
+        return namespaced_client(
+            client_class,
+            endpoint=self.endpoint,
+            ak=self.ak,
+            sk=self.sk,
+            project_id=self.project_id,
+            ns=self.ns,
         )
-        return InNamespace(client, self.ns)
 
     def ecs(self) -> EcsClient:
         return self._client(EcsClient)  # type: ignore[no-any-return]
@@ -130,6 +145,12 @@ class Cloud:
 
     def ims(self) -> ImsClient:
         return self._client(ImsClient)  # type: ignore[no-any-return]
+
+    def evs(self) -> EvsClient:
+        return self._client(EvsClient)  # type: ignore[no-any-return]
+
+    def cbr(self) -> CbrClient:
+        return self._client(CbrClient)  # type: ignore[no-any-return]
 
     def close(self) -> list[str]:
         """Tear the cloud down; returns what had leaked (empty when everything was clean)."""
@@ -201,7 +222,7 @@ def leftover_processes(ns: str, home: Path) -> dict[int, str]:
                 namespaces.add(inode)
     for inode in namespaces:
         found.update(netns.pids_in_inode(inode))
-    return {pid: _cmdline(pid) for pid in sorted(found) if _alive(pid)}
+    return {pid: _cmdline(pid) for pid in sorted(found) if daemon.is_alive(pid)}
 
 
 def _cmdline(pid: int) -> str:
@@ -209,14 +230,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return "?"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 @dataclass

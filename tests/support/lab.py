@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,19 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huaweicloudsdkcore.auth.credentials import BasicCredentials
-from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkecs.v2 import EcsClient
 from huaweicloudsdkeip.v2 import EipClient
+from huaweicloudsdkevs.v2 import EvsClient
 from huaweicloudsdkims.v2 import ImsClient
 from huaweicloudsdkvpc.v2 import VpcClient
 
-from controller.cli import daemon
 from controller.cli import lab as lab_cli
-from controller.cli.home import Home
 from controller.cli.lab_plan import UNDERLAY, LabPlan, plan
 from tests.support import netns
-from tests.support.cloud import LABCLOUD, InNamespace, leftover_processes
+from tests.support.cloud import LABCLOUD, leftover_processes, namespaced_client
+from tests.support.crash import daemon_pid, kill_9
 
 UP_TIMEOUT_S = 900.0
 
@@ -118,11 +115,7 @@ class Lab:
 
     def kill_agent(self, member: str) -> None:
         """`kill -9` a host's agent: its guests, bridges, routers and rules stay, as after a crash."""
-        home = Home(self.home_of(member))
-        pid = daemon.running_pid(home.pid_file("agent"), home.root)
-        assert pid is not None, f"the agent of {member} is not running"
-        os.kill(pid, signal.SIGKILL)
-        assert daemon.wait_gone(pid, 30.0), f"the agent of {member} (pid {pid}) survived SIGKILL"
+        kill_9(daemon_pid(self.home_of(member), "agent"), f"the agent of {member}")
 
     def start_agent(self, member: str) -> None:
         """Start a host's agent again, as `labcloud lab up` started it."""
@@ -138,14 +131,14 @@ class Lab:
 
     def _client(self, client_class: Any) -> Any:
         creds = self.credentials
-        client = (
-            client_class.new_builder()
-            .with_http_config(HttpConfig.get_default_config())
-            .with_credentials(BasicCredentials(creds["ak"], creds["sk"], creds["project_id"]))
-            .with_endpoints([creds["endpoint"]])
-            .build()
+        return namespaced_client(
+            client_class,
+            endpoint=creds["endpoint"],
+            ak=creds["ak"],
+            sk=creds["sk"],
+            project_id=creds["project_id"],
+            ns=self.ns("ctl"),
         )
-        return InNamespace(client, self.ns("ctl"))
 
     def ecs(self) -> EcsClient:
         return self._client(EcsClient)  # type: ignore[no-any-return]
@@ -158,6 +151,9 @@ class Lab:
 
     def eip(self) -> EipClient:
         return self._client(EipClient)  # type: ignore[no-any-return]
+
+    def evs(self) -> EvsClient:
+        return self._client(EvsClient)  # type: ignore[no-any-return]
 
     def close(self) -> list[str]:
         """`labcloud lab down`, then independent checks; returns what leaked (empty when clean)."""

@@ -52,6 +52,9 @@ def _create_failed(jctx: JobContext, code: str, reason: str) -> None:
     """Undo a failed create: the agent's resources (best effort), the ports, and the claim; then ERROR."""
     server = _load(jctx)
     if server is None or server.status != BUILD:
+        if server is not None:  # e.g. deleted while being built: only the EIP reserved for it is left
+            with session_scope(jctx.engine) as session:
+                server_publicip.release_reserved(session, server.project_id, jctx.job.payload.get("publicip"))
         return
     freed = True
     if server.host_id:

@@ -1,6 +1,6 @@
 """CBR listings through the official SDK: vaults (filters, paging, show, update), backups (filters, paging) and
-operation logs (list, show), each project seeing only its own. The volumes were never attached, so their
-backups are empty and need no host copy; the data paths are in test_backups.py and tests/e2e/test_backups.py.
+operation logs (list, show), each project seeing only its own; and the refusals of a server restore. The data
+paths are in test_backups.py and tests/e2e/test_backups.py.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from huaweicloudsdkcbr.v1 import (
+    BackupRestoreServerMapping,
     ListBackupsRequest,
     ListOpLogsRequest,
     ListVaultRequest,
@@ -23,11 +24,20 @@ from sqlmodel import Session, select
 
 from controller.models.backup import Vault
 from tests.controller.api.helpers import expect_error
-from tests.controller.api.test_backups import back_up, cbr_client, make_vault
+from tests.controller.api.server_helpers import make_net, row, wait_job
+from tests.controller.api.test_backups import back_up, cbr_client, counts, make_vault, restore
 from tests.controller.api.test_isolation import new_tenant
-from tests.controller.api.test_volumes import create_volume, evs_client, wait_volume
+from tests.controller.api.test_volumes import (
+    attach,
+    create_volume,
+    detach,
+    evs_client,
+    show_volume,
+    stopped_server,
+    wait_volume,
+)
 
-VOLUME = "OS::Cinder::Volume"
+VOLUME, SERVER = "OS::Cinder::Volume", "OS::Nova::Server"
 
 
 @pytest.fixture
@@ -106,3 +116,42 @@ def test_vaults_backups_and_task_logs_are_listed_filtered_and_paged(api: Any, ag
     assert other.list_backups(ListBackupsRequest()).count == 0
     assert other.list_op_logs(ListOpLogsRequest()).operation_logs == []
     assert vault_names(api) == names
+
+
+def test_a_server_backup_restores_onto_its_own_server_and_disks_only(api: Any, agent_host: Any) -> None:
+    ecs, evs, cbr = api.ecs(), evs_client(api), cbr_client(api)
+    net = make_net(api)
+    server_id, other_server = stopped_server(api, net), stopped_server(api, net)
+    volume_id = create_volume(evs, name="data").volume_ids[0]
+    wait_volume(evs, volume_id, "available")
+    assert wait_job(ecs, attach(ecs, server_id, volume_id).job_id).status == "SUCCESS"
+    (top,) = back_up(cbr, make_vault(cbr, "server", [(server_id, SERVER)], name="srv").id)
+    root_bk = next(c for c in top.children if c.extend_info.system_disk)
+    volume_bk = next(c for c in top.children if c.resource_id == volume_id)
+
+    def mapping(backup_id: str, target: str) -> list[BackupRestoreServerMapping]:
+        return [BackupRestoreServerMapping(backup_id=backup_id, volume_id=target)]
+
+    def state() -> tuple[Any, ...]:
+        return (*counts(api), row(api, server_id).status, show_volume(evs, volume_id).status)
+
+    before = state()
+    for args, fragment in [
+        ({"server_id": other_server}, "its own server"),
+        ({"server_id": server_id, "mappings": mapping(volume_bk.id, root_bk.resource_id)}, "its own disk"),
+        ({"server_id": server_id, "mappings": mapping("nope", volume_id)}, "is not a disk of backup"),
+        ({}, "server_id is required"),
+    ]:
+        exc = expect_error(lambda args=args: restore(cbr, top.id, **args), 400, "BackupService.0001")
+        assert fragment in exc.error_msg
+    # A disk backup is restored with its server backup, never alone.
+    exc = expect_error(lambda: restore(cbr, volume_bk.id, volume_id=volume_id), 400, "BackupService.0001")
+    assert top.id in exc.error_msg
+    assert state() == before
+
+    # The volume has left the server since the backup: the restore would have nowhere to put it.
+    assert wait_job(ecs, detach(ecs, server_id, volume_id).job_id).status == "SUCCESS"
+    before = state()
+    exc = expect_error(lambda: restore(cbr, top.id, server_id=server_id), 400, "BackupService.0001")
+    assert volume_id in exc.error_msg and "no longer attached" in exc.error_msg
+    assert state() == before

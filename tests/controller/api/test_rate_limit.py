@@ -93,7 +93,7 @@ class TestUnderLoad:
     @pytest.fixture
     def api_settings(self) -> dict[str, Any]:
         # A bucket that refills while the test runs, so answers mix 2xx and 429 the whole time.
-        return {"rate_limit_per_second": 20.0, "rate_limit_burst": 10}
+        return {"rate_limit_per_second": 2.0, "rate_limit_burst": 10}
 
     def test_parallel_reads_and_writes_from_several_credentials_never_get_a_5xx(self, api) -> None:  # type: ignore[no-untyped-def]
         tenants = [api, *(api.new_project(f"load-{n}") for n in range(2))]

@@ -248,6 +248,8 @@ def test_attach_detach_through_ecs(api: Any, agent_host: Any) -> None:
     ]
     detail = ecs.show_server(ShowServerRequest(server_id=server_id)).server
     assert [(v.id, v.device) for v in detail.os_extended_volumesvolumes_attached] == [(vol_a, "/dev/vdb")]
+    assert [v.id for v in evs.list_volumes(ListVolumesRequest(server_id=server_id)).volumes] == [vol_a]
+    assert [v.id for v in evs.list_volumes(ListVolumesRequest(status="in-use")).volumes] == [vol_a]
     # Independent oracles: the file on the host and the domain's persistent config.
     assert (state / "volumes" / f"{vol_a}.qcow2").exists()
     disk = find_disk_device(agent_host.service._host.domain_xml(server_id, inactive=True), "vdb")

@@ -20,19 +20,6 @@ def api_settings() -> dict[str, Any]:
     return {"seed_image": tinycloud_image()}
 
 
-@pytest.fixture
-def cli(api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    home = api.ctx.settings.home
-    monkeypatch.setenv("LABCLOUD_HOME", str(home))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def test_keypair_create_saves_a_private_key_and_delete_removes_it(cli, api) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = cli("keypair", "create", "mykey")
     assert code == 0

@@ -3,25 +3,7 @@ test-driver agent."""
 
 from __future__ import annotations
 
-import pytest
-
-from controller.cli.main import main
-
-
-@pytest.fixture
-def cli(api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("LABCLOUD_HOME", str(api.ctx.settings.home))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-def rows(out: str) -> list[list[str]]:
-    return [line.split() for line in out.splitlines()[1:]]
+from tests.controller.cli.conftest import rows
 
 
 def test_host_list_disable_enable(cli, agent_host) -> None:  # type: ignore[no-untyped-def]

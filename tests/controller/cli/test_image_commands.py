@@ -10,21 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli.main import main
 from controller.cli.progress import render
 from tests.support.fileserver import serve_directory
-
-
-@pytest.fixture
-def cli(api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("LABCLOUD_HOME", str(api.ctx.settings.home))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture

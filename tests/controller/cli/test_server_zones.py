@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from sqlmodel import Session, func, select
 
-from controller.cli.main import main
 from controller.models.server import Server
 from tests.controller.conftest import AgentFactory
 
@@ -19,18 +18,6 @@ from tests.controller.conftest import AgentFactory
 @pytest.fixture
 def api_settings(seed_image_file: Path) -> dict[str, Any]:
     return {"seed_image": seed_image_file}
-
-
-@pytest.fixture
-def cli(api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("LABCLOUD_HOME", str(api.ctx.settings.home))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def _servers(api: Any) -> int:
