@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
+from controller.api.request_context import request_ctx
 from controller.auth.deps import Caller, CallerDep
 from controller.context import ControllerContext
 from controller.db import session_scope
@@ -33,11 +34,6 @@ def require_admin(caller: CallerDep) -> Caller:
 AdminCaller = Annotated[Caller, Depends(require_admin)]
 
 
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
-
-
 # --- hosts ---
 
 
@@ -48,7 +44,7 @@ class HostActionIn(BaseModel):
 
 @router.get("/v1/admin/hosts")
 def list_hosts(caller: AdminCaller, request: Request) -> dict[str, list[dict[str, Any]]]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         rows = hosts.list_hosts(session)
     return {"hosts": [hosts.host_view(h, ctx.settings.host_dead_seconds) for h in rows]}
@@ -72,7 +68,7 @@ def enable_host(
 def forget_host(host_id: str, caller: AdminCaller, request: Request) -> dict[str, Any]:
     """Drop the host's agent API token on record (a reinstalled host): the next agent registering it is
     trusted as on its first registration. The host is down until then."""
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with session_scope(ctx.engine) as session:
         host = host_identity.forget(session, host_id, ctx.settings.host_dead_seconds)
         view = hosts.host_view(host, ctx.settings.host_dead_seconds)
@@ -80,7 +76,7 @@ def forget_host(host_id: str, caller: AdminCaller, request: Request) -> dict[str
 
 
 def _set_enabled(request: Request, host_id: str, enabled: bool, reason: str | None) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with session_scope(ctx.engine) as session:
         host = hosts.set_enabled(session, host_id, enabled, reason)
         view = hosts.host_view(host, ctx.settings.host_dead_seconds)
@@ -109,7 +105,7 @@ class QuotaBody(BaseModel):
 
 @router.get("/v1/admin/projects/{project_id}/quotas")
 def show_quota(project_id: str, caller: AdminCaller, request: Request) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         if session.get(Project, project_id) is None:
             raise NotFound(f"Project {project_id} does not exist", code="Ecs.0000")
@@ -119,7 +115,7 @@ def show_quota(project_id: str, caller: AdminCaller, request: Request) -> dict[s
 @router.put("/v1/admin/projects/{project_id}/quotas")
 def set_quota(project_id: str, body: QuotaBody, caller: AdminCaller, request: Request) -> dict[str, Any]:
     """Only the keys present in the body change (an explicit null goes back to the default)."""
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     changes = body.quota.model_dump(exclude_unset=True)
     with session_scope(ctx.engine) as session:
         quotas.set_limits(session, project_id, changes)

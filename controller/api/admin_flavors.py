@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from controller.api.admin import AdminCaller
 from controller.api.flavors import availability_zones, flavor_view
-from controller.context import ControllerContext
+from controller.api.request_context import request_ctx
 from controller.db import session_scope
 from controller.services import flavor_admin
 from controller.services.flavor_admin import FlavorBody
@@ -21,14 +21,9 @@ from controller.services.flavor_admin import FlavorBody
 router = APIRouter()
 
 
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
-
-
 @router.post("/v1/admin/flavors", status_code=201)
 def create_flavor(body: FlavorBody, caller: AdminCaller, request: Request) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with session_scope(ctx.engine) as session:
         flavor = flavor_admin.create_flavor(session, body.flavor)
         return {"flavor": flavor_view(flavor, availability_zones(session, ctx))}
@@ -36,6 +31,6 @@ def create_flavor(body: FlavorBody, caller: AdminCaller, request: Request) -> di
 
 @router.delete("/v1/admin/flavors/{flavor_id}", status_code=204)
 def delete_flavor(flavor_id: str, caller: AdminCaller, request: Request) -> Response:
-    with session_scope(_ctx(request).engine) as session:
+    with session_scope(request_ctx(request).engine) as session:
         flavor_admin.delete_flavor(session, flavor_id)
     return Response(status_code=204)

@@ -3,17 +3,16 @@ backup-store endpoints agents stream disk data through (join token, like the ima
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from functools import partial
 from typing import Annotated, Any
 
-import anyio
-import anyio.from_thread
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session, col, func, select
 
 from controller.api.internal import require_join_token
+from controller.api.streaming import consume_body, stream_chunks
 from controller.auth.deps import ProjectCaller
 from controller.context import ControllerContext
 from controller.errors import NotFound
@@ -253,17 +252,8 @@ async def upload_backup_file(backup_id: str, request: Request, grant: str | None
     """An agent streams a staged copy here; the store writes it in a worker thread as it arrives."""
     transfer_grants.check(_ctx(request).settings, "backup", backup_id, "PUT", grant)
     backup = await anyio.to_thread.run_sync(_disk_backup, request, backup_id, (backups.PROTECTING,))
-    stream = request.stream().__aiter__()
-
-    def chunks() -> Iterator[bytes]:
-        while True:
-            try:
-                yield anyio.from_thread.run(stream.__anext__)
-            except StopAsyncIteration:
-                return
-
     store = open_store(_ctx(request).settings)
-    stored = await anyio.to_thread.run_sync(store.put, f"{backup.id}.qcow2", chunks())
+    stored = await consume_body(request.stream(), partial(store.put, f"{backup.id}.qcow2"))
     return {"key": stored.key, "size": stored.size, "checksum": stored.checksum}
 
 
@@ -273,8 +263,12 @@ def download_backup_file(backup_id: str, request: Request, grant: str | None = N
     backup = _disk_backup(request, backup_id, (backups.AVAILABLE, backups.RESTORING, backups.PROTECTING))
     if backup.store_key is None:
         raise NotFound(f"backup {backup_id} holds no data", code=backups.BACKUP_NOT_FOUND)
+    store = open_store(_ctx(request).settings)
     try:
-        chunks = open_store(_ctx(request).settings).get(backup.store_key)
+        size = store.stat(backup.store_key)
+        if size is None:
+            raise StoreError(f"backup {backup_id} is not in the store")
+        chunks = store.get(backup.store_key)
     except StoreError as exc:
         raise NotFound(str(exc), code=backups.BACKUP_NOT_FOUND) from exc
-    return StreamingResponse(chunks, media_type="application/octet-stream")
+    return stream_chunks(chunks, size)

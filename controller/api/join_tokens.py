@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlmodel import Session
 
 from controller.api.admin import AdminCaller
-from controller.context import ControllerContext
+from controller.api.request_context import request_ctx
 from controller.db import session_scope
 from controller.services import join_tokens
 
@@ -33,15 +33,10 @@ class JoinTokenBody(BaseModel):
     join_token: JoinTokenIn
 
 
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
-
-
 @router.post("/v1/admin/join-tokens", status_code=201)
 def issue_token(caller: AdminCaller, request: Request, body: JoinTokenBody | None = None) -> dict[str, Any]:
     want = body.join_token if body else JoinTokenIn()
-    with session_scope(_ctx(request).engine) as session:
+    with session_scope(request_ctx(request).engine) as session:
         row, secret = join_tokens.issue(
             session, host_id=want.host_id, expires_in=want.expires_in, description=want.description
         )
@@ -50,13 +45,13 @@ def issue_token(caller: AdminCaller, request: Request, body: JoinTokenBody | Non
 
 @router.get("/v1/admin/join-tokens")
 def list_tokens(caller: AdminCaller, request: Request) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         return {"join_tokens": [join_tokens.token_view(t) for t in join_tokens.list_tokens(session)]}
 
 
 @router.delete("/v1/admin/join-tokens/{token_id}", status_code=204)
 def revoke_token(token_id: str, caller: AdminCaller, request: Request) -> Response:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with session_scope(ctx.engine) as session:
         join_tokens.revoke(session, token_id, ctx.settings.host_dead_seconds)
     return Response(status_code=204)

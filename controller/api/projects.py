@@ -15,16 +15,11 @@ from pydantic import BaseModel, ConfigDict
 from sqlmodel import Session
 
 from controller.api.admin import AdminCaller
-from controller.context import ControllerContext
+from controller.api.request_context import request_ctx
 from controller.db import session_scope
 from controller.services import projects, quotas
 
 router = APIRouter()
-
-
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
 
 
 class ProjectIn(BaseModel):
@@ -50,21 +45,21 @@ class CredentialBody(BaseModel):
 
 @router.post("/v1/admin/projects", status_code=201)
 def create_project(body: ProjectBody, caller: AdminCaller, request: Request) -> dict[str, Any]:
-    with session_scope(_ctx(request).engine) as session:
+    with session_scope(request_ctx(request).engine) as session:
         project = projects.create_project(session, body.project.name, body.project.description)
         return {"project": projects.project_view(project)}
 
 
 @router.get("/v1/admin/projects")
 def list_projects(caller: AdminCaller, request: Request) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         return {"projects": [projects.project_view(p) for p in projects.list_projects(session)]}
 
 
 @router.get("/v1/admin/projects/{project_id}")
 def show_project(project_id: str, caller: AdminCaller, request: Request) -> dict[str, Any]:
     """The project, what it owns (per table), and its quotas and usage."""
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         project = projects.get_project(session, project_id)
         limits = quotas.get_limits(session, ctx.settings, project.id)
@@ -76,7 +71,7 @@ def show_project(project_id: str, caller: AdminCaller, request: Request) -> dict
 
 @router.delete("/v1/admin/projects/{project_id}", status_code=204)
 def delete_project(project_id: str, caller: AdminCaller, request: Request) -> Response:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with session_scope(ctx.engine) as session:
         keys = projects.delete_project(session, project_id, caller.project_id)
     for key in keys:
@@ -89,7 +84,7 @@ def issue_credential(
     project_id: str, caller: AdminCaller, request: Request, body: CredentialBody | None = None
 ) -> dict[str, Any]:
     description = body.credential.description if body else None
-    with session_scope(_ctx(request).engine) as session:
+    with session_scope(request_ctx(request).engine) as session:
         cred = projects.issue_credential(session, project_id, description)
         return {"credential": projects.credential_view(cred, secret=True)}
 
@@ -105,14 +100,14 @@ def list_credentials(caller: AdminCaller, request: Request, project_id: str | No
 
 
 def _credentials(request: Request, project_id: str | None) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         creds = projects.list_credentials(session, project_id)
         return {"credentials": [projects.credential_view(c) for c in creds]}
 
 
 @router.delete("/v1/admin/credentials/{access_key}", status_code=204)
 def revoke_credential(access_key: str, caller: AdminCaller, request: Request) -> Response:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with session_scope(ctx.engine) as session:
         projects.revoke_credential(session, access_key)
     # After the commit: a lookup racing with it re-reads the row and sees revoked_at.

@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlmodel import Session
 
+from controller.api.request_context import request_ctx
 from controller.auth.deps import ProjectCaller
-from controller.context import ControllerContext
 from controller.errors import NotFound
 from controller.models.volume import Volume
 from controller.services import servers
@@ -23,11 +23,6 @@ from controller.services.volume_views import attached_volumes
 from controller.services.volumes import MAX_DATA_VOLUMES, VOLUME_NOT_FOUND
 
 router = APIRouter()
-
-
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
 
 
 def block_device(volume: Volume) -> dict[str, Any]:
@@ -45,7 +40,7 @@ def block_device(volume: Volume) -> dict[str, Any]:
 
 
 def _list(request: Request, project_id: str, server_id: str) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         server = servers.get_server(session, project_id, server_id)
         attached = attached_volumes(session, [server.id])[server.id]
     free = MAX_DATA_VOLUMES - len(attached)
@@ -73,7 +68,7 @@ def list_block_devices_extended(
 def show_block_device(
     project_id: str, server_id: str, volume_id: str, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         server = servers.get_server(session, caller.project_id, server_id)
         attached = {v.id: v for v in attached_volumes(session, [server.id])[server.id]}
     volume = attached.get(volume_id)

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
 from controller.api.rendering import FastJSONResponse
+from controller.api.request_context import request_ctx
 from controller.auth.deps import ProjectCaller
-from controller.context import ControllerContext
 from controller.logs import request_id_var
 from controller.models.server import CreateServersIn
 from controller.services import quotas, servers
@@ -30,11 +30,6 @@ from controller.services.server_views import (
 router = APIRouter()
 
 
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
-
-
 @router.post("/v1/{project_id}/cloudservers")
 @router.post("/v1.1/{project_id}/cloudservers")
 def create(
@@ -48,7 +43,7 @@ def create(
 
     With `X-Client-Token`, a retry with the same body answers the same job and servers for 8 hours.
     """
-    result = create_servers(_ctx(request), caller, body, request_id_var.get(), client_token)
+    result = create_servers(request_ctx(request), caller, body, request_id_var.get(), client_token)
     if result.job_id is None:
         return JSONResponse(
             {"message": "dry run: the request is valid; nothing was created"}, status_code=202
@@ -87,7 +82,7 @@ def list_details(
         offset=offset,
         limit=limit,
     )
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         total, rows = list_servers(session, caller.project_id, filters)
         related = load_related(session, rows, ctx.settings.host_dead_seconds)
@@ -97,7 +92,7 @@ def list_details(
 @router.get("/v1/{project_id}/cloudservers/limits")
 def show_limits(project_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
     """`ShowServerLimits`: the project's quotas and usage."""
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         limits = quotas.get_limits(session, ctx.settings, caller.project_id)
         used = quotas.get_usage(session, caller.project_id)
@@ -106,7 +101,7 @@ def show_limits(project_id: str, caller: ProjectCaller, request: Request) -> dic
 
 @router.get("/v1/{project_id}/cloudservers/{server_id}")
 def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> FastJSONResponse:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         server = servers.get_server(session, caller.project_id, server_id)
         related = load_related(session, [server], ctx.settings.host_dead_seconds)
@@ -117,7 +112,7 @@ def show(project_id: str, server_id: str, caller: ProjectCaller, request: Reques
 def list_interfaces(
     project_id: str, server_id: str, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         server = servers.get_server(session, caller.project_id, server_id)
         return interfaces_view(servers.server_ports(session, server.id))
 
@@ -131,4 +126,4 @@ def console_output(
     length: Annotated[int | None, Query(ge=1, le=100_000)] = None,
 ) -> dict[str, str]:
     """`ShowServerConsoleOutput`: the serial console log, or its last `length` lines."""
-    return {"output": servers.console_output(_ctx(request), caller.project_id, server_id, length)}
+    return {"output": servers.console_output(request_ctx(request), caller.project_id, server_id, length)}

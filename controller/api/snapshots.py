@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
+from controller.api.request_context import request_ctx
 from controller.auth.deps import ProjectCaller
-from controller.context import ControllerContext
 from controller.logs import request_id_var
 from controller.models.snapshot import CreateSnapshotIn, RollbackSnapshotIn, UpdateSnapshotIn
 from controller.services import snapshots
@@ -20,14 +20,9 @@ from controller.services.volume_sources import get_snapshot
 router = APIRouter()
 
 
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
-
-
 @router.post("/v2/{project_id}/cloudsnapshots")
 def create(project_id: str, body: CreateSnapshotIn, caller: ProjectCaller, request: Request) -> JSONResponse:
-    snapshot = snapshots.create_snapshot(_ctx(request), caller.project_id, body, request_id_var.get())
+    snapshot = snapshots.create_snapshot(request_ctx(request), caller.project_id, body, request_id_var.get())
     return JSONResponse({"snapshot": snapshot_detail(snapshot)}, status_code=202)
 
 
@@ -53,14 +48,14 @@ def list_details(
         limit=limit,
         offset=offset,
     )
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         total, rows = snapshots.list_snapshots(session, caller.project_id, filters)
         return {"count": total, "snapshots": [snapshot_list_entry(s) for s in rows], "snapshots_links": []}
 
 
 @router.get("/v2/{project_id}/cloudsnapshots/{snapshot_id}")
 def show(project_id: str, snapshot_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         return {"snapshot": snapshot_detail(get_snapshot(session, caller.project_id, snapshot_id))}
 
 
@@ -68,13 +63,13 @@ def show(project_id: str, snapshot_id: str, caller: ProjectCaller, request: Requ
 def update(
     project_id: str, snapshot_id: str, body: UpdateSnapshotIn, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    snapshot = snapshots.update_snapshot(_ctx(request), caller.project_id, snapshot_id, body)
+    snapshot = snapshots.update_snapshot(request_ctx(request), caller.project_id, snapshot_id, body)
     return {"snapshot": snapshot_detail(snapshot)}
 
 
 @router.delete("/v2/{project_id}/cloudsnapshots/{snapshot_id}")
 def delete(project_id: str, snapshot_id: str, caller: ProjectCaller, request: Request) -> Response:
-    snapshots.delete_snapshot(_ctx(request), caller.project_id, snapshot_id, request_id_var.get())
+    snapshots.delete_snapshot(request_ctx(request), caller.project_id, snapshot_id, request_id_var.get())
     return Response(status_code=202)
 
 
@@ -83,6 +78,6 @@ def rollback(
     project_id: str, snapshot_id: str, body: RollbackSnapshotIn, caller: ProjectCaller, request: Request
 ) -> JSONResponse:
     volume_id = snapshots.rollback_snapshot(
-        _ctx(request), caller.project_id, snapshot_id, body, request_id_var.get()
+        request_ctx(request), caller.project_id, snapshot_id, body, request_id_var.get()
     )
     return JSONResponse({"rollback": {"volume_id": volume_id}}, status_code=202)

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlmodel import Session
 
+from controller.api.request_context import request_ctx
 from controller.auth.deps import ProjectCaller
 from controller.context import ControllerContext
 from controller.logs import request_id_var
@@ -21,11 +22,6 @@ from controller.services.volume_views import volume_detail
 router = APIRouter()
 
 
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
-
-
 def _detail(ctx: ControllerContext, session: Session, volume: Volume) -> dict[str, Any]:
     host = session.get(Host, volume.host_id) if volume.host_id else None
     return volume_detail(volume, ctx.settings.endpoint, host.hostname if host else "")
@@ -33,7 +29,7 @@ def _detail(ctx: ControllerContext, session: Session, volume: Volume) -> dict[st
 
 @router.post("/v2.1/{project_id}/cloudvolumes")
 def create(project_id: str, body: CreateVolumeIn, caller: ProjectCaller, request: Request) -> dict[str, Any]:
-    job_id, ids = volumes.create_volumes(_ctx(request), caller.project_id, body, request_id_var.get())
+    job_id, ids = volumes.create_volumes(request_ctx(request), caller.project_id, body, request_id_var.get())
     return {"job_id": job_id, "volume_ids": ids}
 
 
@@ -42,7 +38,9 @@ def action(
     project_id: str, volume_id: str, body: VolumeActionIn, caller: ProjectCaller, request: Request
 ) -> dict[str, str]:
     """`ResizeVolume` (`os-extend`): grow the volume; answered with the job that does it."""
-    job_id = volumes.extend_volume(_ctx(request), caller.project_id, volume_id, body, request_id_var.get())
+    job_id = volumes.extend_volume(
+        request_ctx(request), caller.project_id, volume_id, body, request_id_var.get()
+    )
     return {"job_id": job_id}
 
 
@@ -66,7 +64,7 @@ def list_details(
         limit=limit,
         offset=offset,
     )
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         total, rows = volumes.list_volumes(session, caller.project_id, filters)
         return {
@@ -78,7 +76,7 @@ def list_details(
 
 @router.get("/v2/{project_id}/cloudvolumes/{volume_id}")
 def show(project_id: str, volume_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         volume = volumes.get_volume(session, caller.project_id, volume_id)
         return {"volume": _detail(ctx, session, volume)}
@@ -89,7 +87,7 @@ def update(
     project_id: str, volume_id: str, body: UpdateVolumeIn, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
     """`UpdateVolume`: the SDK reads the changed volume's fields at the top level of the answer."""
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     volume = volumes.update_volume(ctx, caller.project_id, volume_id, body)
     with Session(ctx.engine) as session:
         return _detail(ctx, session, volume)
@@ -97,5 +95,5 @@ def update(
 
 @router.delete("/v2/{project_id}/cloudvolumes/{volume_id}")
 def delete(project_id: str, volume_id: str, caller: ProjectCaller, request: Request) -> dict[str, str]:
-    job_id = volumes.delete_volume(_ctx(request), caller.project_id, volume_id, request_id_var.get())
+    job_id = volumes.delete_volume(request_ctx(request), caller.project_id, volume_id, request_id_var.get())
     return {"job_id": job_id}

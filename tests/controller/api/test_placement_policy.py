@@ -1,9 +1,12 @@
 """Placement policy through the API, with real test-driver agents: an image that needs hardware virtualisation
 (tag `accelerator=kvm`) lands only on a KVM host and, with none available, fails with the reason and leaks
-nothing; the overcommit ratios come from the controller's settings."""
+nothing; the overcommit ratios come from the controller's settings (vCPU, RAM, disk), and parallel creates for
+a host's last slots never over-commit it."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,9 @@ def api_settings(seed_image_file: Path) -> dict[str, Any]:
 @pytest.fixture
 def net(api) -> Net:  # type: ignore[no-untyped-def]
     return make_net(api)
+
+
+PARALLEL = 10
 
 
 def domains(host: Any) -> list[str]:
@@ -90,3 +96,36 @@ class TestOvercommitFromSettings:
         (tall,), job = create_and_wait(ecs, server(net, name="tall", flavor_ref="tall.12g"))
         assert job.status == "SUCCESS", job.fail_reason
         assert domains(host) == [tall]
+
+    def test_parallel_creates_for_the_last_slots_never_overcommit(self, api, agents, net) -> None:  # type: ignore[no-untyped-def]
+        host = agents.start(cores=4, memory_mib=8192)  # 4 vCPUs at ratio 1.0: room for 4 one-vCPU servers
+        barrier = threading.Barrier(PARALLEL)
+
+        def one(i: int) -> Any:
+            ecs = api.ecs()  # one SDK client per thread
+            barrier.wait()
+            return create_and_wait(ecs, server(net, name=f"race-{i}"))
+
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            results = list(pool.map(one, range(PARALLEL)))
+        placed = sorted(sid for (sid,), job in results if job.status == "SUCCESS")
+        failed = [job for _, job in results if job.status != "SUCCESS"]
+        assert len(placed) == 4, [j.fail_reason for j in failed]
+        assert {(j.status, j.error_code) for j in failed} == {("FAIL", "Ecs.0209")}
+        assert all("needs 1 vCPUs, 0 free" in j.fail_reason for j in failed), [j.fail_reason for j in failed]
+        assert domains(host) == placed
+
+
+class TestDiskRatio:
+    @pytest.fixture
+    def api_settings(self, seed_image_file: Path) -> dict[str, Any]:
+        # Test-driver hosts report the real size of this machine's disk: a tiny ratio makes it too small.
+        return {"seed_image": seed_image_file, "disk_allocation_ratio": 0.0001}
+
+    def test_a_host_without_disk_room_is_no_valid_host(self, api, agent_host, net) -> None:  # type: ignore[no-untyped-def]
+        before = counts(api)
+        (sid,), job = create_and_wait(api.ecs(), server(net, name="no-room"))
+        assert job.status == "FAIL" and job.error_code == "Ecs.0209", job.fail_reason
+        assert f"{agent_host.host_id}: needs 2 GiB disk" in job.fail_reason
+        assert (row(api, sid).status, row(api, sid).host_id) == ("ERROR", None)
+        assert counts(api).ports == before.ports and domains(agent_host) == []

@@ -49,7 +49,11 @@ def test_hosts_register_over_the_underlay_with_their_addresses_and_zones(lab: La
         assert own.stat().st_mode & 0o777 == 0o600 and own.read_text() != shared
     with lab.entered(), ApiClient(Credentials.load(Home(lab.home_of("ctl")).credentials)) as client:
         issued = client.get("/v1/admin/join-tokens")["join_tokens"]
+        registered = {h["id"]: h for h in client.get("/v1/admin/hosts")["hosts"]}
     assert sorted((t["host_id"], t["status"]) for t in issued) == [("h1", "bound"), ("h2", "bound")]
+    # The fabric is the external network too: each host reports its address there (EIPs may bind to its ports).
+    external = {h: registered[h]["external_ip"] for h in ("h1", "h2")}
+    assert external == {"h1": "10.254.0.51", "h2": "10.254.0.52"}
 
 
 def test_members_are_joined_by_a_1550_byte_underlay_and_the_external_namespace_has_its_address(
