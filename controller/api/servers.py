@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
-from controller.api.rendering import FastJSONResponse
+from controller.api.rendering import FastJSONResponse, render_list
 from controller.api.request_context import request_ctx
 from controller.auth.deps import ProjectCaller
 from controller.logs import request_id_var
@@ -86,7 +86,8 @@ def list_details(
     with Session(ctx.engine) as session:
         total, rows = list_servers(session, caller.project_id, filters)
         related = load_related(session, rows, ctx.settings.host_dead_seconds)
-    return FastJSONResponse({"count": total, "servers": [server_detail(s, related) for s in rows]})
+    body = render_list({"count": total}, "servers", (server_detail(s, related) for s in rows))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/v1/{project_id}/cloudservers/limits")

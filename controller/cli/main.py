@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller.cli import lab
-from controller.cli.commands import catalog, host, keypair, projects, quota, server, ssh
+from controller.cli.commands import catalog, eip, host, keypair, projects, quota, server, ssh
 from controller.cli.context import CliContext
 from controller.cli.errors import CliError
 from controller.cli.home import Home
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.register(sub)
     catalog.register(sub)
     ssh.register(sub)
+    eip.register(sub)
     host.register(sub)
     quota.register(sub)
     projects.register(sub)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
-from agent.main import create_app
 from tests.agent.storage.test_snapshots import holds_pattern, write_pattern
-from tests.agent.test_api import AUTH, assert_error, make_settings
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(make_settings(tmp_path))
-    with TestClient(app, raise_server_exceptions=False) as c:
-        c.headers.update(AUTH)
-        yield c
+from tests.agent.test_api import assert_error
 
 
 def test_snapshot_rollback_and_volume_from_snapshot(client: TestClient, tmp_path: Path) -> None:

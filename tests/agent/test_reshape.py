@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,6 @@ from agent.storage.seed import read_seed
 from tests.agent.test_service import Rig, backing_file, make_base_image, make_spec
 
 GIB = 1024**3
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path, make_base_image(tmp_path))
-    yield r
-    r.close()
 
 
 def _domain(rig: Rig, server_id: str) -> tuple[int, int]:

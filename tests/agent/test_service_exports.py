@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,8 @@ from fastapi.testclient import TestClient
 
 from agent.errors import NotFound
 from agent.main import create_app
-from tests.agent.test_service import Rig, make_base_image
+from tests.agent.test_service import Rig
 from tests.agent.test_service_volumes import qemu_info, stopped_spec
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path, make_base_image(tmp_path))
-    yield r
-    r.close()
 
 
 def write_guest_data(disk: Path) -> None:

@@ -3,22 +3,11 @@ route, on the libvirt test driver with a recording network: what is stored and w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from fastapi.testclient import TestClient
 
 from agent.main import create_app
 from agent.schemas import ImageRef, NetworkSpec, OverlaySpec, SubnetSpec
-from tests.agent.test_service import Rig, make_base_image, make_spec
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path, make_base_image(tmp_path))
-    yield r
-    r.close()
+from tests.agent.test_service import Rig, make_spec
 
 
 class NetworkRecorder:

@@ -5,7 +5,6 @@ test driver lacks: that path is covered with a real guest in tests/e2e/test_snap
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,8 @@ from agent.schemas import ImageRef, SnapshotSpec, VolumeRollback, VolumeSource, 
 from agent.storage.disks import image_info
 from tests.agent.storage.conftest import make_qcow2, sha256_of
 from tests.agent.storage.test_snapshots import holds_pattern, write_pattern
-from tests.agent.test_service import Rig, make_base_image
+from tests.agent.test_service import Rig
 from tests.agent.test_service_volumes import attachment, stopped_spec
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path, make_base_image(tmp_path))
-    yield r
-    r.close()
 
 
 def files(directory: Path) -> set[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,9 @@ import pytest
 from agent.errors import Conflict, NotFound, StorageError, VirtError
 from agent.schemas import ImageRef, ServerAction, ServerSpec, VolumeAttachment, VolumeSpec
 from agent.virt.domain_xml import disk_source, find_disk_device
-from tests.agent.test_service import Rig, make_base_image, make_spec
+from tests.agent.test_service import Rig, make_spec
 
 GIB = 1024**3
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path, make_base_image(tmp_path))
-    yield r
-    r.close()
 
 
 def stopped_spec(image: ImageRef, server_id: str = "srv-1", n: int = 1) -> ServerSpec:

@@ -5,7 +5,6 @@ what it may. The whole move between two agents over HTTP is in tests/controller/
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,9 @@ from agent.errors import Conflict, NotFound, StorageError
 from agent.schemas import VolumeFetch, VolumeSpec
 from agent.volume_moves import export_volume, fetch_volume
 from tests.agent.storage.test_snapshots import holds_pattern, same_data, write_pattern
-from tests.agent.test_service import Rig, make_base_image
+from tests.agent.test_service import Rig
 from tests.agent.test_service_volumes import attachment, stopped_spec
 from tests.support.fileserver import serve_directory
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path, make_base_image(tmp_path))
-    yield r
-    r.close()
 
 
 def sha256(path: Path) -> str:

@@ -141,6 +141,36 @@ def create_servers(
     return resp.job_id, list(resp.server_ids)
 
 
+def boot_small_servers(
+    ecs: Any,
+    ims: Any,
+    *,
+    name: str,
+    network: tuple[str, str, str],
+    key_name: str,
+    flavor_id: str | None = None,
+    count: int = 1,
+    timeout: float = 600,
+) -> list[tuple[str, str]]:
+    """`count` servers of the small image (the smallest flavor unless one is given) on `network`, as
+    `create_network` answered it, once their job succeeded: [(server id, fixed IP)]."""
+    vpc_id, subnet_id, sg_id = network
+    job_id, server_ids = create_servers(
+        ecs,
+        name=name,
+        image_id=small_image_id(ims),
+        flavor_id=flavor_id or smallest_flavor_id(ecs),
+        vpc_id=vpc_id,
+        subnet_id=subnet_id,
+        sg_id=sg_id,
+        key_name=key_name,
+        count=count,
+    )
+    job = wait_job(ecs, job_id, timeout=timeout)
+    assert job.status == "SUCCESS", (job.error_code, job.fail_reason)
+    return [(server_id, fixed_ip(show(ecs, server_id))) for server_id in server_ids]
+
+
 def show_job(ecs: Any, job_id: str) -> Any:
     return ecs.show_job(ShowJobRequest(job_id=job_id))
 

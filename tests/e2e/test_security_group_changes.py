@@ -142,19 +142,14 @@ def test_rule_and_group_changes_reach_a_running_guest(cloud: Cloud, keypair: tup
             )
         )
     ).security_group.id
-    job_id, (server_id,) = journey.create_servers(
+    ((server_id, ip),) = journey.boot_small_servers(
         ecs,
+        cloud.ims(),
         name="sgchange",
-        image_id=journey.small_image_id(cloud.ims()),
-        flavor_id=journey.smallest_flavor_id(ecs),
-        vpc_id=vpc_id,
-        subnet_id=subnet_id,
-        sg_id=sg_id,
+        network=(vpc_id, subnet_id, sg_id),
         key_name="sgkey",
+        timeout=WAIT_S,
     )
-    job = journey.wait_job(ecs, job_id, timeout=WAIT_S)
-    assert job.status == "SUCCESS", (job.error_code, job.fail_reason)
-    ip = journey.fixed_ip(journey.show(ecs, server_id))
     ssh.wait_and_run(cloud.ns, ip, key_path, f"busybox httpd -p {APP_PORT} -h /tmp")
     # Listening, yet closed by the group: dropped (a timeout), not refused.
     assert ssh.wait_and_run(cloud.ns, ip, key_path, f"netstat -ltn | grep -c ':{APP_PORT} '").strip() == "1"

@@ -80,21 +80,12 @@ def test_attach_and_resize_survive_agent_kills_then_reinstall(cloud: Any, tmp_pa
     with cloud.entered():
         journey.import_keypair(ecs, "first", first_public)
         journey.import_keypair(ecs, "second", second_public)
-        vpc_id, subnet_id, sg_id = journey.create_network(
+        network = journey.create_network(
             vpc, name="change", cidr="10.43.0.0/16", subnet_cidr="10.43.1.0/24", gateway="10.43.1.1"
         )
-        job_id, (server_id,) = journey.create_servers(
-            ecs,
-            name="changing",
-            image_id=journey.small_image_id(ims),
-            flavor_id="s6.nano.1",
-            vpc_id=vpc_id,
-            subnet_id=subnet_id,
-            sg_id=sg_id,
-            key_name="first",
+        ((server_id, ip),) = journey.boot_small_servers(
+            ecs, ims, name="changing", network=network, key_name="first", flavor_id="s6.nano.1"
         )
-        assert journey.wait_job(ecs, job_id).status == "SUCCESS"
-        ip = journey.fixed_ip(journey.show(ecs, server_id))
     option = CreateVolumeOption(availability_zone="lab-1a", size=1, volume_type="SSD", name="keep")
     created = evs.create_volume(CreateVolumeRequest(body=CreateVolumeRequestBody(volume=option)))
     (volume_id,) = created.volume_ids

@@ -71,24 +71,16 @@ def test_snapshot_rollback_and_volumes_from_snapshot_and_image(cloud: Any, keypa
     ecs, vpc, ims, evs = cloud.ecs(), cloud.vpc(), cloud.ims(), evs_client(cloud)
     with cloud.entered():
         journey.import_keypair(ecs, "snap-key", public_key)
-        vpc_id, subnet_id, sg_id = journey.create_network(
+        network = journey.create_network(
             vpc, name="snap", cidr="10.33.0.0/16", subnet_cidr="10.33.1.0/24", gateway="10.33.1.1"
         )
         image_id = journey.small_image_id(ims)
-        job_id, server_ids = journey.create_servers(
-            ecs,
-            name="snap",
-            image_id=image_id,
-            flavor_id=journey.smallest_flavor_id(ecs),
-            vpc_id=vpc_id,
-            subnet_id=subnet_id,
-            sg_id=sg_id,
-            key_name="snap-key",
-            count=2,
+        booted = journey.boot_small_servers(
+            ecs, ims, name="snap", network=network, key_name="snap-key", count=2
         )
-        assert journey.wait_job(ecs, job_id).status == "SUCCESS"
+        server_ids = [server_id for server_id, _ in booted]
         first, second = server_ids
-        ips = [journey.fixed_ip(journey.show(ecs, sid)) for sid in server_ids]
+        ips = [ip for _, ip in booted]
     volume_id = new_volume(evs, "data")
     volumes_dir = Path(cloud.home) / "agent" / "volumes"
 

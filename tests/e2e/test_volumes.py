@@ -95,21 +95,12 @@ def test_hot_attach_write_detach_reattach_read(cloud: Any, keypair: tuple[str, P
     ecs, vpc, ims, evs = cloud.ecs(), cloud.vpc(), cloud.ims(), evs_client(cloud)
     with cloud.entered():
         journey.import_keypair(ecs, "vol-key", public_key)
-        vpc_id, subnet_id, sg_id = journey.create_network(
+        network = journey.create_network(
             vpc, name="vol", cidr="10.32.0.0/16", subnet_cidr="10.32.1.0/24", gateway="10.32.1.1"
         )
-        job_id, (server_id,) = journey.create_servers(
-            ecs,
-            name="disk-1",
-            image_id=journey.small_image_id(ims),
-            flavor_id=journey.smallest_flavor_id(ecs),
-            vpc_id=vpc_id,
-            subnet_id=subnet_id,
-            sg_id=sg_id,
-            key_name="vol-key",
+        ((server_id, ip),) = journey.boot_small_servers(
+            ecs, ims, name="disk-1", network=network, key_name="vol-key"
         )
-        assert journey.wait_job(ecs, job_id).status == "SUCCESS"
-        ip = journey.fixed_ip(journey.show(ecs, server_id))
     option = CreateVolumeOption(availability_zone="lab-1a", size=1, volume_type="SSD", name="data")
     created = evs.create_volume(CreateVolumeRequest(body=CreateVolumeRequestBody(volume=option)))
     (volume_id,) = created.volume_ids

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from typing import Any
 
+from controller.cli import guest_route
 from controller.cli.commands import lookup
 from controller.cli.context import CliContext
 from controller.cli.errors import CliError
@@ -55,6 +57,18 @@ def ssh(args: argparse.Namespace, ctx: CliContext) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if shutil.which("ssh") is None:
         raise CliError("missing-tool", "ssh is not installed (apt-get install openssh-client)")
+    argv = ssh_argv(str(key_file), ips[0], command)
+    netns = guest_route.router_netns_for(ctx.home.agent_state, _vpc_of(server, ips[0]), ips[0])
+    if netns is not None:  # another VPC with the same CIDR owns the host's route: go through the guest's own
+        argv = ["nsenter", f"--net={netns}", *argv]
     ctx.close()
-    os.execvp("ssh", ssh_argv(str(key_file), ips[0], command))
+    os.execvp(argv[0], argv)
     return 0  # not reached
+
+
+def _vpc_of(server: dict[str, Any], ip: str) -> str:
+    """The VPC of the server's address `ip` (the API lists addresses by VPC id)."""
+    for vpc_id, entries in (server.get("addresses") or {}).items():
+        if any(entry.get("addr") == ip for entry in entries or []):
+            return str(vpc_id)
+    return str((server.get("metadata") or {}).get("vpc_id", ""))
