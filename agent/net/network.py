@@ -188,6 +188,8 @@ class HostNetwork:
             if self._external is not None:
                 self._external.unplumb_vpc(vpc_id)
             self._store.remove(vpc_id)
+            if record is not None:
+                self._forget_overlapping(record.spec)
             log.info("vpc %s: network deleted", vpc_id)
 
     def network_ids(self) -> list[str]:
@@ -287,6 +289,15 @@ class HostNetwork:
         if not self._checked:
             self.check()
 
+    def _forget_overlapping(self, gone: NetworkSpec) -> None:
+        """A VPC whose CIDR overlaps a deleted one's may have been denied the host's route (`links.sync_routes`:
+        the first VPC keeps it): its next ensure, the housekeeping's at the latest, plumbs it again and takes
+        the route, so the host reaches its guests again."""
+        freed = _routed_nets(gone)
+        for vpc_id, (spec, _) in list(self._ready.items()):
+            if any(net.overlaps(other) for net in _routed_nets(spec) for other in freed):
+                del self._ready[vpc_id]
+
     def _still_ready(self, spec: NetworkSpec) -> bool:
         ready = self._ready.get(spec.vpc_id)
         if ready is None or ready[0] != spec or not router.is_alive(ready[1], spec.vpc_id, self._owner):
@@ -380,6 +391,11 @@ class HostNetwork:
         links.set_master(host, vxlan, bridge)
         peers = set(spec.overlay.peers) - {self.underlay_ip}
         links.sync_flood_peers(host, vxlan, peers)
+
+
+def _routed_nets(spec: NetworkSpec) -> set[ipaddress.IPv4Network]:
+    """What the host routes into the VPC: its CIDR and any subnet outside it."""
+    return {ipaddress.IPv4Network(c, strict=False) for c in (spec.cidr, *(s.cidr for s in spec.subnets))}
 
 
 def _router_sysctls(holder: Router) -> None:

@@ -69,7 +69,7 @@ def list_details(
     server_id: str | None = None,
     tags: str | None = None,
     not_tags: Annotated[str | None, Query(alias="not-tags")] = None,
-) -> FastJSONResponse:
+) -> Response:
     filters = ServerFilters(
         name=name,
         status=status,
