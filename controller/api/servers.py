@@ -25,6 +25,7 @@ from controller.services.server_views import (
     list_servers,
     load_related,
     server_detail,
+    server_row,
 )
 
 router = APIRouter()
@@ -104,9 +105,11 @@ def show_limits(project_id: str, caller: ProjectCaller, request: Request) -> dic
 def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> FastJSONResponse:
     ctx = request_ctx(request)
     with Session(ctx.engine) as session:
-        server = servers.get_server(session, caller.project_id, server_id)
-        related = load_related(session, [server], ctx.settings.host_dead_seconds)
-    return FastJSONResponse({"server": server_detail(server, related)})
+        row = server_row(session, caller.project_id, server_id)
+        if row is None:
+            raise servers.not_found(server_id)
+        related = load_related(session, [row], ctx.settings.host_dead_seconds)
+    return FastJSONResponse({"server": server_detail(row, related)})
 
 
 @router.get("/v1/{project_id}/cloudservers/{server_id}/os-interface")

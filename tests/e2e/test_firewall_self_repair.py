@@ -45,7 +45,13 @@ def _firewall_lines(cloud: Cloud) -> set[str]:
 
 
 def _ipsets(cloud: Cloud) -> set[str]:
-    return {line for line in _in_ns(cloud, "ipset", "save").splitlines() if " lcg-" in line}
+    """labcloud's group sets and their members (a set swapped in anew gets another `initval`: not compared)."""
+    lines = _in_ns(cloud, "ipset", "save").splitlines()
+    return {
+        " ".join(line.split()[:3])
+        for line in lines
+        if line.split()[1:2] and line.split()[1].startswith("lcg-")
+    }
 
 
 def _antispoof(cloud: Cloud) -> list[str]:
@@ -93,7 +99,7 @@ def test_firewall_tampered_behind_a_running_agents_back_is_repaired(
     assert ssh.wait_and_run(cloud.ns, ip, key_path, "echo up").strip() == "up"
     rules, sets, table = before = _state(cloud)
     group_in, port_in = _chain(rules, "lcgi-"), _chain(rules, "lci-")
-    (group_set,) = {line.split()[1] for line in sets if line.startswith("create lcg-")}
+    (group_set,) = {line.split()[1] for line in sets if line.startswith("create ")}
     assert f"add {group_set} {ip}" in sets  # the group's own rule names it: the guest is a member
     port_chain = next(line.split()[1] for line in table if line.startswith("chain port-"))
 
