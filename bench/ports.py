@@ -4,11 +4,15 @@ Everything runs inside a fresh network namespace (the bench re-executes itself t
 the agent's real `HostNetwork`: one VPC (bridge, router namespace, dnsmasq), 200 guest ports (veth "taps" on
 the bridge), 10 security groups of 100 rules each, every port in one group. Each group's rules are in the
 kernel once (its `lcgi-`/`lcge-` chains), so it holds about 4,200 iptables rules rather than 200 x 100.
+The namespace has an underlay address (a veth, MTU 1550), so every VPC is a VXLAN overlay flooding to
+two peer hosts, as on a multi-host cloud.
 Measured, each as the median of `--runs`:
 
 * wire one more port: its tap on the bridge, then `sync_ports` (its two iptables chains and dispatch lines,
   ipsets, its nft anti-spoofing chain and map element, the DHCP host entry, SIGHUP to dnsmasq);
 * one rule change: a rule added to (then removed from) one group, then `sync_ports`;
+* the first port of a VPC new on this host: the VPC's bridge, router namespace, dnsmasq and VXLAN port with its
+  flood list (`ensure_network`), then the port's tap and `sync_ports` (the per-VPC part of wiring a port);
 * the raw baseline, in the same run: `iptables-restore --noflush` of the very rule set labcloud wants after
   the change (every labcloud chain declared and refilled), i.e. loading the rule set with no bookkeeping.
 
@@ -36,12 +40,13 @@ from typing import Any
 from agent.net import names, rules
 from agent.net.network import HostNetwork
 from agent.net.ports import BoundPort
-from agent.schemas import NetworkSpec, PortSpec, RuleSpec, SecurityGroupSpec, SubnetSpec
+from agent.schemas import NetworkSpec, OverlaySpec, PortSpec, RuleSpec, SecurityGroupSpec, SubnetSpec
 from bench.support import median
 
 VPC = "0b000000-0000-4000-8000-00000000be01"
 SUBNET = "5b000000-0000-4000-8000-00000000be01"
 GROUPS = 10
+UNDERLAY_DEV, UNDERLAY_IP, PEERS = "ul0", "10.255.0.1", ["10.255.0.2", "10.255.0.3"]
 RULES_PER_GROUP = 100
 
 
@@ -84,14 +89,43 @@ def _groups(ports: list[BoundPort], extra_rule: bool = False) -> list[SecurityGr
     return groups
 
 
-def _spec() -> NetworkSpec:
+def _spec(vpc_id: str = VPC, vni: int = 4242) -> NetworkSpec:
     subnet = SubnetSpec(id=SUBNET, cidr="10.30.0.0/16", gateway_ip="10.30.0.1")
-    return NetworkSpec(vpc_id=VPC, vni=4242, cidr="10.30.0.0/16", subnets=[subnet])
+    overlay = OverlaySpec(version=1, peers=PEERS)
+    return NetworkSpec(vpc_id=vpc_id, vni=vni, cidr="10.30.0.0/16", subnets=[subnet], overlay=overlay)
+
+
+def _new_vpc_port(run: int) -> tuple[NetworkSpec, BoundPort]:
+    """A VPC this host has not seen (with the same CIDR: VPCs may overlap) and its first port."""
+    spec = _spec(f"0c{run:06x}-0000-4000-8000-{run:012x}", 5000 + run)
+    bp = _port(100_000 + run)
+    port = bp.port.model_copy(update={"vpc_id": spec.vpc_id, "ip": "10.30.0.2"})
+    return spec, BoundPort(port=port, tap=bp.tap, hostname=f"new{run}")
+
+
+def _add_underlay() -> None:
+    """The host's underlay (VTEP) address: a veth (this kernel has no dummy devices) stands for the NIC."""
+    argv = [
+        "ip",
+        "link",
+        "add",
+        UNDERLAY_DEV,
+        "mtu",
+        "1550",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        UNDERLAY_DEV + "p",
+    ]
+    subprocess.run(argv, check=True)
+    subprocess.run(["ip", "addr", "add", f"{UNDERLAY_IP}/24", "dev", UNDERLAY_DEV], check=True)
+    subprocess.run(["ip", "link", "set", UNDERLAY_DEV, "up"], check=True)
 
 
 def _add_tap(bp: BoundPort) -> None:
-    """What libvirt does for a guest NIC: a tap (here a veth) enslaved to the VPC bridge and up."""
-    bridge = names.bridge_name(VPC)
+    """What libvirt does for a guest NIC: a tap (here a veth) enslaved to its VPC's bridge and up."""
+    bridge = names.bridge_name(bp.port.vpc_id)
     subprocess.run(
         ["ip", "link", "add", bp.tap, "type", "veth", "peer", "name", "p" + bp.tap[3:]], check=True
     )
@@ -104,7 +138,8 @@ def _del_tap(bp: BoundPort) -> None:
 
 def inside(state_dir: Path, ports_count: int, runs: int) -> dict[str, Any]:
     """The measurements; runs in the bench's own network namespace."""
-    net = HostNetwork(state_dir)
+    _add_underlay()
+    net = HostNetwork(state_dir, underlay_ip=UNDERLAY_IP)
     net.check()
     net.ensure_network(_spec())
     ports = [_port(n) for n in range(ports_count)]
@@ -119,7 +154,7 @@ def inside(state_dir: Path, ports_count: int, runs: int) -> dict[str, Any]:
         if line.startswith("-A ")
     )
 
-    wire, rule_change, raw = [], [], []
+    wire, rule_change, raw, new_vpc, new_vpc_network = [], [], [], [], []
     for run in range(runs):
         extra = _port(ports_count + run)
         with_extra = _groups([*ports, extra])  # the model the controller would send: not timed
@@ -145,6 +180,17 @@ def inside(state_dir: Path, ports_count: int, runs: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         subprocess.run(["iptables-restore", "-w", "--noflush"], input=text, text=True, check=True)
         raw.append(time.perf_counter() - t0)
+
+        spec, first = _new_vpc_port(run)
+        t0 = time.perf_counter()
+        net.ensure_network(spec)
+        new_vpc_network.append(time.perf_counter() - t0)
+        _add_tap(first)
+        net.sync_ports([*ports, first], _groups([*ports, first]))
+        new_vpc.append(time.perf_counter() - t0)
+        _del_tap(first)
+        net.sync_ports(ports, _groups(ports))
+        net.delete_network(spec.vpc_id)
     net.teardown_all()
     return {
         "ports": ports_count,
@@ -155,6 +201,8 @@ def inside(state_dir: Path, ports_count: int, runs: int) -> dict[str, Any]:
         "wire_port_s": round(median(wire), 4),
         "rule_change_s": round(median(rule_change), 4),
         "raw_iptables_restore_s": round(median(raw), 4),
+        "first_port_of_new_vpc_s": round(median(new_vpc), 4),
+        "new_vpc_network_s": round(median(new_vpc_network), 4),
     }
 
 
@@ -203,15 +251,23 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     result["ratio_wire_vs_raw"] = round(result["wire_port_s"] / result["raw_iptables_restore_s"], 2)
     result["ratio_rule_change_vs_raw"] = round(result["rule_change_s"] / result["raw_iptables_restore_s"], 2)
+    result["ratio_new_vpc_port_vs_raw"] = round(
+        result["first_port_of_new_vpc_s"] / result["raw_iptables_restore_s"], 2
+    )
     print(
         f"{result['ports']} ports, {result['model_rules']} security-group rules "
         f"({result['iptables_rules']} iptables rules in the kernel); median of {result['runs']}:"
     )
     print(f"  wire one more port (tap + sync_ports): {result['wire_port_s']:.3f} s")
     print(f"  one rule change (sync_ports):          {result['rule_change_s']:.3f} s")
+    print(
+        f"  first port of a VPC new on the host:   {result['first_port_of_new_vpc_s']:.3f} s "
+        f"(of which the VPC's bridge, router, dnsmasq, VXLAN: {result['new_vpc_network_s']:.3f} s)"
+    )
     print(f"  raw iptables-restore of the same set:  {result['raw_iptables_restore_s']:.3f} s")
     print(
-        f"  ratio wire/raw {result['ratio_wire_vs_raw']}, rule change/raw {result['ratio_rule_change_vs_raw']}"
+        f"  ratio wire/raw {result['ratio_wire_vs_raw']}, rule change/raw {result['ratio_rule_change_vs_raw']}, "
+        f"new VPC's first port/raw {result['ratio_new_vpc_port_vs_raw']}"
     )
     print(json.dumps(result))
 

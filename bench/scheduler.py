@@ -7,9 +7,11 @@ then measures three things:
   * pure: `controller.scheduler.schedule` over the registered hosts' candidates, placing `--servers` requests
     of a seeded random mix of the default flavors and root disks one after another, each decision seeing the
     claims before it (per wall-clock second and per CPU-second of the deciding thread: the machine is shared);
-  * claim: the create job's whole claim path, `controller.services.servers.claim_host` (one transaction: lock,
-    read the hosts and every placed server's usage, schedule, write the claim), for `--servers` BUILD rows in
-    a database holding the same hosts, from `--claim-threads` threads at once like the job workers;
+  * claim: the create job's whole claim path, `controller.services.servers.claim_host` (one transaction: read
+    the hosts with their usage counters, schedule, add the claim to the chosen host with a conditional UPDATE,
+    write the server's host), for `--servers` BUILD rows in a database holding the same hosts, from
+    `--claim-threads` threads at once like the job workers; afterwards every host's counters must equal the
+    usage summed from the servers;
   * api: `--api-servers` servers created through the real API with the official SDK (20 per request, 4
     callers, in a security group no rule names, so no group pushes fan out), placed by the controller's jobs
     onto the simulated hosts, each checked to be a running domain on its host (its agent's `GET /v1/host`);
@@ -232,6 +234,9 @@ def bench_claims(
     with Session(ctx.engine) as session:
         usage = claimed_usage(session)
         placed_rows = int(session.exec(select(func.count()).where(col(Server.host_id).is_not(None))).one())
+        counters = {
+            h.id: (h.claimed_vcpus, h.claimed_ram_mib, h.claimed_disk_gib) for h in session.exec(select(Host))
+        }
     ctx.engine.dispose()
     return {
         "claims": len(ids),
@@ -242,6 +247,7 @@ def bench_claims(
         "seconds": elapsed,
         "per_s": len(ids) / elapsed,
         "overcommitted": overcommitted(usage, hosts, policy),
+        "counters_off": [h for h, c in counters.items() if c != usage.get(h, (0, 0, 0))],
     }
 
 
@@ -437,12 +443,15 @@ def report(
         print(
             f"claim path (claim_host, {claims['threads']} threads, SQLite): {claims['claims']} claims in "
             f"{claims['seconds']:.1f} s = {claims['per_s']:.0f}/s, {claims['placed']} placed, "
-            f"{claims['no_valid_host']} no valid host, {len(claims['overcommitted'])} hosts over-committed"
+            f"{claims['no_valid_host']} no valid host, {len(claims['overcommitted'])} hosts over-committed, "
+            f"{len(claims['counters_off'])} hosts whose usage counters differ from their servers' usage"
         )
         over += claims["overcommitted"]
+        over += [f"{h}: usage counters differ from the servers' usage" for h in claims["counters_off"]]
         result["claim_per_s"] = round(claims["per_s"], 1)
         result["claim_threads"] = claims["threads"]
         result["claim_no_valid_host"] = claims["no_valid_host"]
+        result["claim_counters_off"] = len(claims["counters_off"])
         if pure:
             result["ratio_claim_vs_pure"] = round(claims["per_s"] / pure["per_s"], 4)
     if api:

@@ -9,9 +9,7 @@ Transfers are plain HTTP with the join token, like image downloads: `PUT` to upl
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import httpx
 
 from agent.errors import StorageError
 from agent.storage.layout import ensure_traversable_dir
+from agent.storage.streams import BackgroundSha256, DurableFile
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +46,27 @@ def sweep_partials(state_dir: Path) -> list[Path]:
     return removed
 
 
-def _chunks(path: Path, digest: hashlib._Hash) -> Iterator[bytes]:
+def _chunks(path: Path, digest: BackgroundSha256) -> Iterator[bytes]:
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
-            digest.update(chunk)
+            digest.update(chunk)  # hashed in a helper thread while this chunk is sent
             yield chunk
 
 
 def upload(path: Path, url: str, token: str) -> tuple[int, str]:
     """Stream `path` to `url` with PUT; returns (bytes, sha256) as sent. The receiver checks the digest."""
-    digest = hashlib.sha256()
     size = path.stat().st_size
     headers = {"Authorization": f"Bearer {token}", "Content-Length": str(size)}
-    try:
-        response = httpx.put(url, content=_chunks(path, digest), headers=headers, timeout=_TIMEOUT)
-    except httpx.HTTPError as exc:
-        raise StorageError(f"uploading {path.name} to {url}: {exc}") from exc
+    with BackgroundSha256() as digest:
+        try:
+            response = httpx.put(url, content=_chunks(path, digest), headers=headers, timeout=_TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise StorageError(f"uploading {path.name} to {url}: {exc}") from exc
+        sent = digest.hexdigest()
     if not response.is_success:
         raise StorageError(
             f"uploading {path.name} to {url}: HTTP {response.status_code} {response.text[:300]}"
         )
-    sent = digest.hexdigest()
     stored = response.json().get("checksum") if response.content else None
     if stored != sent:
         raise StorageError(f"uploading {path.name}: the store got sha256 {stored}, {sent} was sent")
@@ -78,24 +77,20 @@ def upload(path: Path, url: str, token: str) -> tuple[int, str]:
 def download(url: str, token: str, target: Path, checksum: str | None = None) -> int:
     """Stream `url` into `target` (written under a partial name, renamed when complete and verified)."""
     partial = partial_path(target)
-    digest = hashlib.sha256()
-    size = 0
     try:
         with (
             httpx.stream("GET", url, headers={"Authorization": f"Bearer {token}"}, timeout=_TIMEOUT) as resp,
-            partial.open("wb") as out,
+            DurableFile(partial) as out,
         ):
             if not resp.is_success:
                 resp.read()
                 raise StorageError(f"downloading {url}: HTTP {resp.status_code} {resp.text[:300]}")
-            for chunk in resp.iter_bytes(CHUNK):
+            # The pieces as read from the socket: re-chunking them would copy every byte once more.
+            for chunk in resp.iter_raw():
                 out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if checksum is not None and digest.hexdigest() != checksum:
-            raise StorageError(f"downloading {url}: sha256 {digest.hexdigest()}, expected {checksum}")
+            got, size = out.finish(), out.size
+        if checksum is not None and got != checksum:
+            raise StorageError(f"downloading {url}: sha256 {got}, expected {checksum}")
         partial.replace(target)
     except httpx.HTTPError as exc:
         raise StorageError(f"downloading {url}: {exc}") from exc

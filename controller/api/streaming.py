@@ -10,6 +10,7 @@ stream from a complete one.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -58,10 +59,8 @@ async def consume_body(body: AsyncIterable[bytes], consume: Callable[[Iterable[b
                 pass  # the consumer stopped (and raised); nothing more to hand over
             except Exception as exc:
                 # Hand the failure over; when the consumer already stopped, the send is refused.
-                try:
+                with contextlib.suppress(anyio.BrokenResourceError):
                     await send.send(exc)
-                except anyio.BrokenResourceError:
-                    pass
 
     def chunks() -> Iterator[bytes]:
         while True:

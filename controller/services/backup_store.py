@@ -9,9 +9,7 @@ DELETE); `open_store` is the one place that would choose it from the settings.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent.storage.streams import DurableFile
 from controller.config import Settings
 
 log = logging.getLogger(__name__)
@@ -71,22 +70,18 @@ class DirectoryStore:
         target = self._path(key)
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".{key}.{secrets.token_hex(4)}.part"
-        digest, size = hashlib.sha256(), 0
         try:
-            with tmp.open("wb") as out:
+            with DurableFile(tmp) as out:  # hashes while it writes, fsyncs in finish
                 for chunk in chunks:
                     out.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                checksum, size = out.finish(), out.size
             tmp.replace(target)
         except OSError as exc:
             raise StoreError(f"storing {key}: {exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
         log.info("backup store: %s stored (%d bytes)", key, size)
-        return StoredObject(key=key, size=size, checksum=digest.hexdigest())
+        return StoredObject(key=key, size=size, checksum=checksum)
 
     def get(self, key: str) -> Iterator[bytes]:
         path = self._path(key)

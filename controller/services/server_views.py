@@ -201,7 +201,7 @@ def server_detail(server: Sequence[Any], related: Related) -> dict[str, Any]:
         },
         "addresses": _addresses(related.ports.get(sid, ()), related.floating),
         "security_groups": [
-            {"id": gid, "name": groups[gid].name if gid in groups else gid} for gid in group_ids
+            {"id": gid, "name": groups[gid].name if gid in groups else gid} for gid in json_value(group_ids)
         ],
         "accessIPv4": "",
         "accessIPv6": "",

@@ -3,6 +3,7 @@
 Placement is forced by availability zone (the lab puts h1 in lab-1a and h2 in lab-1b). Four guests:
 
     VPC blue 10.41.0.0/16: a1 (h1, subnet 10.41.1.0/24), b1 (h2, 10.41.1.0/24), b2 (h2, 10.41.2.0/24)
+    (b2 reaches a1 across hosts and b1 on its own host, both through the gateway)
     VPC green 10.41.0.0/16 (the same CIDR): c1 (h1, 10.41.1.0/24)
 
 Oracles: `ip -j -d link` (the VXLAN devices and their VNIs), `bridge -j fdb` (flood lists), nft counters in the
@@ -234,6 +235,10 @@ def test_vpc_spans_hosts_routes_between_subnets_and_stays_isolated(
     a1.listen(PORT + 1)
     assert b2.send(ips["a1"], PORT + 1, "hello-from-b2") == 0
     _eventually(lambda: a1.received(PORT + 1) == "hello-from-b2", "a1 to receive b2's message")
+    # Different subnets, same host: b2 -> b1 (10.41.1.0/24), both on h2, through h2's own gateway.
+    b1.listen(PORT + 1)
+    assert b2.send(ips["b1"], PORT + 1, "hello-from-b2-local") == 0
+    _eventually(lambda: b1.received(PORT + 1) == "hello-from-b2-local", "b1 to receive b2's message")
 
     # Same CIDR, other VPC: c1 tries b1's address; nothing arrives, and h2 never sees a frame from c1.
     b1.listen(PORT)
