@@ -234,9 +234,7 @@ def bench_claims(
     with Session(ctx.engine) as session:
         usage = claimed_usage(session)
         placed_rows = int(session.exec(select(func.count()).where(col(Server.host_id).is_not(None))).one())
-        counters = {
-            h.id: (h.claimed_vcpus, h.claimed_ram_mib, h.claimed_disk_gib) for h in session.exec(select(Host))
-        }
+        claimed = list(session.exec(select(Host)).all())
     ctx.engine.dispose()
     return {
         "claims": len(ids),
@@ -247,7 +245,7 @@ def bench_claims(
         "seconds": elapsed,
         "per_s": len(ids) / elapsed,
         "overcommitted": overcommitted(usage, hosts, policy),
-        "counters_off": [h for h, c in counters.items() if c != usage.get(h, (0, 0, 0))],
+        "counters_off": counters_off(usage, claimed),
     }
 
 
@@ -352,7 +350,17 @@ def bench_api(controller: Controller, count: int, seed: int, policy: SchedulerPo
         "seconds": elapsed,
         "per_s": count / elapsed,
         "overcommitted": overcommitted(usage, hosts, policy),
+        "counters_off": counters_off(usage, hosts),
     }
+
+
+def counters_off(usage: dict[str, tuple[int, int, int]], hosts: list[Host]) -> list[str]:
+    """Hosts whose usage counters (`claimed_*`) differ from the usage summed from their servers."""
+    return [
+        h.id
+        for h in hosts
+        if (h.claimed_vcpus, h.claimed_ram_mib, h.claimed_disk_gib) != usage.get(h.id, (0, 0, 0))
+    ]
 
 
 def main() -> None:
@@ -460,15 +468,18 @@ def report(
             f"ACTIVE on {api['hosts_used']} hosts in {api['seconds']:.1f} s = {api['per_s']:.1f} servers/s "
             f"(accepted in {api['accept_seconds']:.1f} s); {api['domains_running']} domains running in the "
             f"test drivers, {len(api['not_running_where_placed'])} not where the database placed them, "
-            f"{len(api['overcommitted'])} hosts over-committed"
+            f"{len(api['overcommitted'])} hosts over-committed, {len(api['counters_off'])} hosts whose usage "
+            "counters differ from their servers' usage"
         )
         over += api["overcommitted"]
+        over += [f"{h}: usage counters differ from the servers' usage" for h in api["counters_off"]]
         result.update(
             api_servers=api["servers"],
             api_active=api["active"],
             api_failed_jobs=api["failed_jobs"],
             api_servers_per_s=round(api["per_s"], 2),
             api_hosts_used=api["hosts_used"],
+            api_counters_off=len(api["counters_off"]),
             api_domains_running=api["domains_running"],
         )
     for line in over[:10]:

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     default_availability_zone: str = "lab-1a"
     seed_image: Path | None = None  # a qcow2 (with its .json manifest beside it) registered as a public image
     signature_skew_seconds: int = 900
-    job_workers: int = 4
+    job_workers: int = 8  # jobs mostly wait on agents: 8 lets a batch of servers build side by side
     job_lease_seconds: float = 30.0
     job_max_attempts: int = 3
     host_dead_seconds: float = 45.0

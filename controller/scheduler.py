@@ -3,8 +3,8 @@
 Filters drop hosts that cannot take the server (wrong AZ, disabled, silent, without the accelerator the image
 needs, already holding a member of the server's anti-affinity group, out of vCPU/RAM/disk after the overcommit
 ratios); weights order the rest (most free RAM, then fewest servers, then id for a stable answer).
-The caller builds the candidates from the Host rows minus the claims of servers already placed, inside the
-transaction that records the new claim, so concurrent placements see each other.
+The caller builds the candidates from the Host rows and their usage counters (`services.host_usage`), and
+records the claim with a conditional UPDATE that fails if a concurrent placement took the room meanwhile.
 """
 
 from __future__ import annotations

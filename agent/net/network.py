@@ -111,6 +111,12 @@ class HostNetwork:
             record = self._store.load(spec.vpc_id)
             spec = _newest_overlay(spec, record)
             if self._still_ready(spec):
+                if record is None or record.spec != spec:
+                    # Only the overlay's version moved on (every create's spec and push carries a new one):
+                    # nothing to plumb, but the record keeps the newest version, so stale pushes stay ignored.
+                    holder = self._ready[spec.vpc_id][1]
+                    self._store.save(NetworkRecord(spec=spec, router=holder))
+                    self._ready[spec.vpc_id] = (spec, holder)
                 return
             self._ready.pop(spec.vpc_id, None)
             self._check_name_clash(spec.vpc_id)
@@ -300,7 +306,11 @@ class HostNetwork:
 
     def _still_ready(self, spec: NetworkSpec) -> bool:
         ready = self._ready.get(spec.vpc_id)
-        if ready is None or ready[0] != spec or not router.is_alive(ready[1], spec.vpc_id, self._owner):
+        if (
+            ready is None
+            or not _same_plumbing(ready[0], spec)
+            or not router.is_alive(ready[1], spec.vpc_id, self._owner)
+        ):
             return False
         dhcp = any(subnet.dhcp_enable for subnet in spec.subnets)
         if dhcp and Dnsmasq(spec.vpc_id, self._store.dhcp_files(spec.vpc_id)).pid(ready[1]) is None:
@@ -408,6 +418,11 @@ def _router_sysctls(holder: Router) -> None:
     if Path("/proc/sys/net/ipv6").exists():
         settings += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
     proc.run(proc.in_netns(holder.netns_path, ["sysctl", "-q", "-w", *settings]))
+
+
+def _same_plumbing(a: NetworkSpec, b: NetworkSpec) -> bool:
+    """Whether two specs make the same network: equal but perhaps for their overlay's version."""
+    return a == b.model_copy(update={"overlay": b.overlay.model_copy(update={"version": a.overlay.version})})
 
 
 def _newest_overlay(spec: NetworkSpec, record: NetworkRecord | None) -> NetworkSpec:

@@ -6,8 +6,9 @@ writes what it downloads for a restore or a volume move. Three things keep the c
     instead of after them;
   * small pieces (an HTTP client reads 64 KiB at a time) are gathered into reused buffers, written and
     hashed a buffer at a time;
-  * the kernel is told to start writing each 16 MiB stretch to disk as soon as it is written, so the closing
-    fsync only waits for the last stretch instead of the whole file.
+  * the kernel is told (from a helper thread) to start writing each 16 MiB stretch to disk as soon as it is
+    written, so the disk works while the stream still arrives and the closing fsync only waits for the last
+    stretch instead of the whole file.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class DurableFile:
         self._current = 0  # the buffer being filled; the other may be hashing
         self._filled = 0
         self._written_back = 0
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writeback")
+        self._writeback: Future[None] | None = None
 
     def write(self, piece: bytes) -> None:
         if self._filled == 0 and len(piece) >= BATCH:
@@ -105,8 +108,11 @@ class DurableFile:
         while view:
             view = view[os.write(self._fd, view) :]
         self.size += len(data)
-        if self.size - self._written_back >= WRITEBACK_STRETCH:
-            start_writeback(self._fd, self._written_back, self.size - self._written_back)
+        # In a thread of its own: submitting writeback blocks while the disk is busy, and this one must not.
+        # A stretch comes along with the next one when the last submission is still running.
+        behind = self.size - self._written_back
+        if behind >= WRITEBACK_STRETCH and (self._writeback is None or self._writeback.done()):
+            self._writeback = self._flusher.submit(start_writeback, self._fd, self._written_back, behind)
             self._written_back = self.size
 
     def finish(self) -> str:
@@ -116,6 +122,7 @@ class DurableFile:
         return self._digest.hexdigest()
 
     def close(self) -> None:
+        self._flusher.shutdown(wait=True)  # before the descriptor goes (and its number is reused)
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)

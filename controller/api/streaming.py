@@ -1,9 +1,10 @@
 """Moving large bodies between an async route and blocking storage code with few thread hops.
 
 A request body arrives in the pieces the server reads (64-256 KiB); handing each to a worker thread costs a
-thread wake-up both ways, which on a busy host costs more than the bytes. `consume_body` gathers the body into
-`BATCH`-sized pieces in the event loop and feeds them to a blocking consumer running in one worker thread
-through a small queue, so receiving the next batch overlaps writing and hashing the last one.
+thread wake-up both ways, which on a busy host costs more than the bytes. `consume_body` gathers the pieces
+in the event loop and hands them to a blocking consumer running in one worker thread `BATCH` bytes at a time
+through a small queue, so receiving the next batch overlaps writing and hashing the last one. The pieces are
+not joined: a consumer that buffers (`agent.storage.streams.DurableFile`) copies them once anyway.
 `stream_chunks` answers with an iterator of large chunks and the exact length, so the client can tell a cut
 stream from a complete one.
 """
@@ -34,12 +35,12 @@ class BodyCut(ConnectionError):
 
 
 async def consume_body(body: AsyncIterable[bytes], consume: Callable[[Iterable[bytes]], T]) -> T:
-    """Run `consume(chunks)` in a worker thread over `body`, in `BATCH`-sized chunks.
+    """Run `consume(chunks)` in a worker thread over the pieces of `body`, handed over `BATCH` bytes at once.
 
     `chunks` raises what reading the body raised (e.g. Starlette's ClientDisconnect) or BodyCut, never just
     ends early, so a consumer that commits at the end (the backup store's rename) never commits a cut body.
     """
-    send, receive = anyio.create_memory_object_stream[bytes | _End | BaseException](DEPTH)
+    send, receive = anyio.create_memory_object_stream[list[bytes] | _End | BaseException](DEPTH)
 
     async def produce() -> None:
         async with send:
@@ -50,10 +51,10 @@ async def consume_body(body: AsyncIterable[bytes], consume: Callable[[Iterable[b
                     pending.append(chunk)
                     size += len(chunk)
                     if size >= BATCH:
-                        await send.send(b"".join(pending))
+                        await send.send(pending)
                         pending, size = [], 0
                 if pending:
-                    await send.send(b"".join(pending))
+                    await send.send(pending)
                 await send.send(_End())
             except anyio.BrokenResourceError:
                 pass  # the consumer stopped (and raised); nothing more to hand over
@@ -72,7 +73,7 @@ async def consume_body(body: AsyncIterable[bytes], consume: Callable[[Iterable[b
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield from item
 
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:

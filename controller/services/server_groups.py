@@ -2,8 +2,8 @@
 scheduler applies (`controller.scheduler.AntiAffinity`).
 
 Only the anti-affinity policy is offered, as on Huawei ECS. The hosts a group occupies are read inside the
-placement transaction (`services.servers.claim_host`), which holds the write lock, so two members placed at the
-same time still land on different hosts.
+placement transaction (`services.servers.claim_host`), which first locks the group row, so two members placed at
+the same time still land on different hosts.
 """
 
 from __future__ import annotations

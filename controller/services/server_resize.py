@@ -2,9 +2,10 @@
 that flavor has one, in place on its host.
 
 The request is checked and recorded in one transaction: the compare-and-swap into the RESIZE task, then the
-server row takes the new flavor and root size at once, so the project's quota usage and the host's capacity
-claim (both summed from the server rows) count the new size from that moment; the quota and the host are
-checked for the difference before the transaction commits. The job (`jobs/handlers/server_resize.py`) has the
+server row takes the new flavor and root size at once, so the project's quota usage (summed from the server
+rows) counts the new size from that moment, and the host's usage counters take the difference
+(`services.host_usage.take`, refused when the host has no room for the growth); the quota is checked before the
+transaction commits. The job (`jobs/handlers/server_resize.py`) has the
 agent stop the guest, redefine it and start it again; a failure puts the old flavor back.
 """
 
