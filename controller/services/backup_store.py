@@ -22,7 +22,7 @@ from controller.config import Settings
 
 log = logging.getLogger(__name__)
 
-CHUNK = 4 * 1024 * 1024  # read size: each read of a download is one worker-thread hop
+CHUNK = 8 * 1024 * 1024  # read size: each read of a download is one worker-thread hop
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 
 
