@@ -2,12 +2,14 @@
 
 Keys and JSON types follow `huaweicloudsdkecs.v2.model.ServerDetail`: the SDK casts every value, so flavor
 sizes are strings, `OS-EXT-STS:power_state` is an int and `locked` a real boolean. A page of servers is shaped
-from a handful of bulk queries (ports, flavors, groups, hosts, volumes, EIPs), never one query per server.
+from a handful of bulk queries (ports with their EIPs, flavors, groups, hosts, volumes), never one query per
+server.
 
 Listing 1,000 servers is the hot path, so it reads plain rows of exactly the columns the view shows (no ORM
 objects), decodes the JSON columns through a small cache (a page repeats a few values: `[]`, `{}`, one group
 list), works out what depends only on the host once per host, and builds each ServerDetail in one dict literal.
-`show` passes a Server object through the same `server_detail`: both have the attributes it reads.
+`show` reads the same row for one server (`server_row`). Each ServerDetail is rendered as soon as it is built
+(`api.rendering.render_list`).
 """
 
 from __future__ import annotations
@@ -59,13 +61,14 @@ class ServerFilters:
 class Related:
     """Everything a page of ServerDetails needs besides the server rows, fetched in bulk."""
 
-    ports: dict[str, list[Any]]  # rows of _PORT_COLUMNS, in NIC order
+    ports: dict[
+        str, list[Any]
+    ]  # rows of _PORT_COLUMNS (with the EIP bound to the port, if any), in NIC order
     flavors: dict[str, Flavor]
     groups: dict[str, SecurityGroup]
     hosts: dict[str, Host]
     host_dead_seconds: float
     volumes: dict[str, list[Any]] = field(default_factory=dict)  # rows of `attached_volume_rows`
-    floating: dict[str, str] = field(default_factory=dict)  # port id -> the EIP bound to it
     # Per host id: (hypervisor hostname, host_status), worked out once for the page.
     host_views: dict[str, tuple[str, str]] = field(default_factory=dict)
     digests: dict[tuple[str, str | None], str] = field(default_factory=dict)  # memo of `host_digest`
@@ -99,7 +102,14 @@ def host_digest(project_id: str, host_id: str | None) -> str:
     return hashlib.sha224(f"{project_id}{host_id}".encode()).hexdigest()
 
 
-_PORT_COLUMNS = (Port.id, Port.server_id, Port.vpc_id, Port.ip_address, Port.mac_address)
+_PORT_COLUMNS = (
+    Port.id,
+    Port.server_id,
+    Port.vpc_id,
+    Port.ip_address,
+    Port.mac_address,
+    Eip.public_ip_address,
+)
 
 
 def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: float) -> Related:
@@ -111,6 +121,7 @@ def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: fl
         # objects for them cost more than the rest of this function.
         stmt = (
             select(*_PORT_COLUMNS)
+            .outerjoin(Eip, col(Eip.port_id) == col(Port.id))  # at most one EIP per port (unique port_id)
             .where(col(Port.server_id).in_(ids))
             .order_by(col(Port.created_at), col(Port.id))
         )
@@ -127,18 +138,8 @@ def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: fl
         hosts=hosts,
         host_dead_seconds=host_dead_seconds,
         volumes=attached_volume_rows(session, ids),
-        floating=_floating(session, [p.id for group in ports.values() for p in group]),
         host_views={h.id: (h.hostname, _host_status(h, host_dead_seconds)) for h in hosts.values()},
     )
-
-
-def _floating(session: Session, port_ids: list[str]) -> dict[str, str]:
-    if not port_ids:
-        return {}
-    rows = session.exec(
-        select(Eip.port_id, Eip.public_ip_address).where(col(Eip.port_id).in_(port_ids))
-    ).all()
-    return {port_id: address for port_id, address in rows if port_id}
 
 
 def _by_id(session: Session, model: Any, ids: set[str]) -> dict[str, Any]:
@@ -199,7 +200,7 @@ def server_detail(server: Sequence[Any], related: Related) -> dict[str, Any]:
             "ram": str(flavor.ram_mib) if flavor else "0",
             "disk": str(root_gib),
         },
-        "addresses": _addresses(related.ports.get(sid, ()), related.floating),
+        "addresses": _addresses(related.ports.get(sid, ())),
         "security_groups": [
             {"id": gid, "name": groups[gid].name if gid in groups else gid} for gid in json_value(group_ids)
         ],
@@ -242,9 +243,11 @@ def server_detail(server: Sequence[Any], related: Related) -> dict[str, Any]:
     return detail
 
 
-def _addresses(ports: Sequence[Any], floating: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+def _addresses(ports: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
     addresses: dict[str, list[dict[str, Any]]] = {}
-    for index, (port_id, _server_id, vpc_id, ip_address, mac_address) in enumerate(ports):  # _PORT_COLUMNS
+    for index, (port_id, _server_id, vpc_id, ip_address, mac_address, eip) in enumerate(
+        ports
+    ):  # _PORT_COLUMNS
         entries = addresses.setdefault(vpc_id, [])
         entries.append(
             {
@@ -256,7 +259,6 @@ def _addresses(ports: Sequence[Any], floating: dict[str, str]) -> dict[str, list
                 "primary": index == 0,
             }
         )
-        eip = floating.get(port_id)
         if eip is not None:  # Nova's and Huawei's shape: the EIP is one more address of the port's network
             entries.append(
                 {
