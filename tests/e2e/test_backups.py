@@ -68,6 +68,7 @@ VOLUME_DATA_MIB = 48  # written before the backups; also what makes a copy last 
 COUNTER_SECTOR = 128 * 1024  # the volume's counter lives at 64 MiB, past the data
 ROOT_FILE, ROOT_COUNTER = "/root/before.bin", "/root/counter"
 POLL_S = 0.002
+UPLOAD_TRIES = 10  # backups taken until one is caught mid-upload
 
 # Each round writes the next number to the volume, then to the root disk, syncing both; so at any instant the
 # volume holds the same number as the root disk or the one after it.
@@ -112,6 +113,28 @@ def finished_backup(cbr: CbrClient, checkpoint_id: str) -> Any:
     listed = cbr.list_backups(ListBackupsRequest(checkpoint_id=checkpoint_id)).backups
     (top,) = [b for b in listed if not b.parent_id]
     return top
+
+
+def catch_uploading(cbr: CbrClient, vault_id: str, store: Path) -> str:
+    """A checkpoint whose staged copy is being uploaded right now (the store's hidden partial object is there).
+
+    The upload of a few dozen MiB takes a fraction of a second, which a busy machine can let pass between two
+    looks; a backup that ends unseen is simply taken again."""
+    for attempt in range(UPLOAD_TRIES):
+        checkpoint_id = start_checkpoint(cbr, vault_id, f"killed-upload-{attempt}")
+        deadline = time.monotonic() + WAIT_S
+        asked = time.monotonic()
+        while not [p.name for p in store.iterdir() if p.name.startswith(".")]:
+            assert time.monotonic() < deadline, "the upload never started"
+            if time.monotonic() - asked > 0.5:  # an API call, so not at every look
+                if checkpoint_status(cbr, checkpoint_id) != "protecting":
+                    break
+                asked = time.monotonic()
+            time.sleep(POLL_S)
+        else:
+            return checkpoint_id
+        log.info("backup %s ended before its upload was seen; again", checkpoint_id)
+    pytest.fail(f"no upload was seen in {UPLOAD_TRIES} backups")
 
 
 def sha(client: paramiko.SSHClient, command: str) -> str:
@@ -212,11 +235,7 @@ def test_server_backup_while_writing_restore_volume_from_backup_and_agent_killed
 
     # ... and again while the staged copy is being uploaded: the store is writing its hidden partial object.
     agent, store = _pid(home, "agent"), home / "backups"
-    upload_checkpoint = start_checkpoint(cbr, volume_vault.id, "killed-upload")
-    deadline = time.monotonic() + WAIT_S
-    while not [p.name for p in store.iterdir() if p.name.startswith(".")]:
-        assert time.monotonic() < deadline, "the upload never started"
-        time.sleep(POLL_S)
+    upload_checkpoint = catch_uploading(cbr, volume_vault.id, store)
     os.kill(agent, signal.SIGKILL)
     in_store_at_kill = sorted(p.name for p in store.iterdir())
     status_at_kill = checkpoint_status(cbr, upload_checkpoint)
