@@ -289,3 +289,33 @@ def _pids_with_env(key: str, value: str) -> list[int]:
                 if wanted in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
                     found.append(int(entry))
     return found
+
+
+FLOOD_MAC = "00:00:00:00:00:00"
+
+
+@contextlib.contextmanager
+def underlay_sandbox(workdir: Path, local_ip: str) -> Iterator[Sandbox]:
+    """A sandbox whose host namespace has the underlay address `local_ip` (on a veth pair with both ends in
+    the namespace: not every kernel has the dummy driver)."""
+    workdir.mkdir(mode=0o755)
+    sandbox = Sandbox(workdir)
+    try:
+        sandbox.underlay_ip = local_ip
+        sandbox.sh(
+            sandbox.host, "ip", "link", "add", "ul0", "mtu", "1550", "type", "veth", "peer", "name", "ul1"
+        )
+        sandbox.sh(sandbox.host, "ip", "addr", "add", f"{local_ip}/24", "dev", "ul0")
+        sandbox.sh(sandbox.host, "ip", "link", "set", "ul0", "up")
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
+def flood_list(device: str) -> set[str] | None:
+    """The VTEPs a VXLAN device floods to (`bridge fdb` entries for the all-zero MAC); None without the device.
+    Call it inside the namespace that has the device."""
+    done = subprocess.run(["bridge", "-j", "fdb", "show", "dev", device], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    return {e["dst"] for e in json.loads(done.stdout or "[]") if e["mac"] == FLOOD_MAC}

@@ -8,7 +8,6 @@ running agent keeps it, so the fast path that skips an intact network is what is
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from agent.net import names
 from agent.net.network import HostNetwork
 from agent.schemas import NetworkSpec, OverlaySpec, RemotePort, SubnetSpec
 
-from .helpers import Sandbox
+from .helpers import FLOOD_MAC, Sandbox, flood_list, underlay_sandbox
 
 pytestmark = [
     pytest.mark.netns,
@@ -31,32 +30,13 @@ pytestmark = [
 VPC = "0c1d2e3f-0000-4000-8000-00000000000c"
 SUBNET = "5c000000-0000-4000-8000-00000000000c"
 LOCAL, PEER_1, PEER_2 = "10.254.0.11", "10.254.0.12", "10.254.0.13"
-ZEROS = "00:00:00:00:00:00"
+ZEROS = FLOOD_MAC
 
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[Sandbox]:
-    workdir = Path("/tmp") / f"lctest-ovr-{tmp_path.name}"
-    workdir.mkdir(mode=0o755)
-    sandbox = Sandbox(workdir)
-    try:
-        sandbox.underlay_ip = LOCAL
-        # no dummy driver in every kernel: a veth pair with both ends here carries the address
-        sandbox.sh(
-            sandbox.host, "ip", "link", "add", "ul0", "mtu", "1550", "type", "veth", "peer", "name", "ul1"
-        )
-        sandbox.sh(sandbox.host, "ip", "addr", "add", f"{LOCAL}/24", "dev", "ul0")
-        sandbox.sh(sandbox.host, "ip", "link", "set", "ul0", "up")
+    with underlay_sandbox(Path("/tmp") / f"lctest-ovr-{tmp_path.name}", LOCAL) as sandbox:
         yield sandbox
-    finally:
-        sandbox.close()
-
-
-def _flood(device: str) -> set[str] | None:
-    done = subprocess.run(["bridge", "-j", "fdb", "show", "dev", device], capture_output=True, text=True)
-    if done.returncode != 0:
-        return None
-    return {e["dst"] for e in json.loads(done.stdout or "[]") if e["mac"] == ZEROS}
 
 
 def _scenario(state_dir: Path) -> dict[str, Any]:
@@ -75,16 +55,16 @@ def _scenario(state_dir: Path) -> dict[str, Any]:
     net = HostNetwork(state_dir, underlay_ip=LOCAL)
     seen: dict[str, Any] = {}
     net.ensure_network(spec)
-    seen["plumbed"] = _flood(device)
+    seen["plumbed"] = flood_list(device)
     seen["reported"] = {vpc: v.digest() for vpc, v in net.overlay_views().items()}
     subprocess.run(["bridge", "fdb", "del", ZEROS, "dev", device, "dst", PEER_1], check=True)
     subprocess.run(["bridge", "fdb", "append", ZEROS, "dev", device, "dst", "10.254.0.99"], check=True)
-    seen["tampered"] = _flood(device)
+    seen["tampered"] = flood_list(device)
     net.ensure_network(spec)
-    seen["after_fdb_repair"] = _flood(device)
+    seen["after_fdb_repair"] = flood_list(device)
     subprocess.run(["ip", "link", "del", device], check=True)
     net.ensure_network(spec)
-    seen["after_device_repair"] = _flood(device)
+    seen["after_device_repair"] = flood_list(device)
     return seen
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from agent.net import names
 from agent.net.network import HostNetwork
 from agent.schemas import NetworkSpec, OverlaySpec, SubnetSpec
 
-from .helpers import Sandbox
+from .helpers import Sandbox, flood_list, underlay_sandbox
 
 pytestmark = [
     pytest.mark.netns,
@@ -32,31 +31,12 @@ pytestmark = [
 VPC = "0c1d2e3f-0000-4000-8000-00000000001d"
 SUBNET = "5c000000-0000-4000-8000-00000000001d"
 LOCAL, PEER_1, PEER_2 = "10.254.0.21", "10.254.0.22", "10.254.0.23"
-ZEROS = "00:00:00:00:00:00"
 
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[Sandbox]:
-    workdir = Path("/tmp") / f"lctest-ovv-{tmp_path.name}"
-    workdir.mkdir(mode=0o755)
-    sandbox = Sandbox(workdir)
-    try:
-        sandbox.underlay_ip = LOCAL
-        sandbox.sh(
-            sandbox.host, "ip", "link", "add", "ul0", "mtu", "1550", "type", "veth", "peer", "name", "ul1"
-        )
-        sandbox.sh(sandbox.host, "ip", "addr", "add", f"{LOCAL}/24", "dev", "ul0")
-        sandbox.sh(sandbox.host, "ip", "link", "set", "ul0", "up")
+    with underlay_sandbox(Path("/tmp") / f"lctest-ovv-{tmp_path.name}", LOCAL) as sandbox:
         yield sandbox
-    finally:
-        sandbox.close()
-
-
-def _flood(device: str) -> set[str]:
-    out = subprocess.run(
-        ["bridge", "-j", "fdb", "show", "dev", device], capture_output=True, text=True, check=True
-    ).stdout
-    return {e["dst"] for e in json.loads(out or "[]") if e["mac"] == ZEROS}
 
 
 def _scenario(state_dir: Path) -> dict[str, Any]:
@@ -86,16 +66,16 @@ def _scenario(state_dir: Path) -> dict[str, Any]:
 
     seen: dict[str, Any] = {}
     net.ensure_network(spec)
-    seen["first"] = (plumbed, _flood(device), record_version())
+    seen["first"] = (plumbed, flood_list(device), record_version())
     # a create's spec: the same peers under a newer version
     net.ensure_network(spec.model_copy(update={"overlay": OverlaySpec(version=9, peers=[PEER_1, PEER_2])}))
-    seen["newer_version_only"] = (plumbed, _flood(device), record_version())
+    seen["newer_version_only"] = (plumbed, flood_list(device), record_version())
     # a push computed before that spec arrives late: ignored
     assert net.set_overlay(VPC, OverlaySpec(version=7, peers=[PEER_1]))
-    seen["stale_push"] = (plumbed, _flood(device), record_version())
+    seen["stale_push"] = (plumbed, flood_list(device), record_version())
     # a newer push with other peers: plumbed
     assert net.set_overlay(VPC, OverlaySpec(version=10, peers=[PEER_1]))
-    seen["new_peers"] = (plumbed, _flood(device), record_version())
+    seen["new_peers"] = (plumbed, flood_list(device), record_version())
     seen["reported_version"] = net.overlay_views()[VPC].version
     return seen
 
