@@ -12,9 +12,9 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import Session, col, func, select
 
 from controller.api.internal import require_join_token
+from controller.api.request_context import request_ctx
 from controller.api.streaming import consume_body, stream_chunks
 from controller.auth.deps import ProjectCaller
-from controller.context import ControllerContext
 from controller.errors import NotFound
 from controller.logs import request_id_var
 from controller.models.backup import (
@@ -33,11 +33,6 @@ from controller.services.backup_views import backup_view, checkpoint_view, op_lo
 router = APIRouter()
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0)]
-
-
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
 
 
 def _vault(session: Session, vault: Vault) -> dict[str, Any]:
@@ -69,7 +64,7 @@ def _checkpoint(session: Session, checkpoint: Checkpoint) -> dict[str, Any]:
 def create_vault(
     project_id: str, body: CreateVaultIn, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     vault = backups.create_vault(ctx, caller.project_id, body)
     with Session(ctx.engine) as session:
         return {"vault": _vault(session, vault)}
@@ -85,7 +80,7 @@ def list_vaults(
     name: str | None = None,
     object_type: str | None = None,
 ) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         count, rows = backups.list_vaults(
             session, caller.project_id, name=name, object_type=object_type, limit=limit, offset=offset
         )
@@ -99,7 +94,7 @@ def list_vaults(
 
 @router.get("/v3/{project_id}/vaults/{vault_id}")
 def show_vault(project_id: str, vault_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         return {"vault": _vault(session, backups.get_vault(session, caller.project_id, vault_id))}
 
 
@@ -107,7 +102,7 @@ def show_vault(project_id: str, vault_id: str, caller: ProjectCaller, request: R
 def update_vault(
     project_id: str, vault_id: str, body: UpdateVaultIn, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     vault = backups.update_vault(ctx, caller.project_id, vault_id, body)
     with Session(ctx.engine) as session:
         return {"vault": _vault(session, vault)}
@@ -115,7 +110,7 @@ def update_vault(
 
 @router.delete("/v3/{project_id}/vaults/{vault_id}", status_code=204)
 def delete_vault(project_id: str, vault_id: str, caller: ProjectCaller, request: Request) -> Response:
-    backups.delete_vault(_ctx(request), caller.project_id, vault_id, request_id_var.get())
+    backups.delete_vault(request_ctx(request), caller.project_id, vault_id, request_id_var.get())
     return Response(status_code=204)
 
 
@@ -126,7 +121,7 @@ def delete_vault(project_id: str, vault_id: str, caller: ProjectCaller, request:
 def create_checkpoint(
     project_id: str, body: CreateCheckpointIn, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     checkpoint = backups.create_checkpoint(ctx, caller.project_id, body, request_id_var.get())
     with Session(ctx.engine) as session:
         return {"checkpoint": _checkpoint(session, checkpoint)}
@@ -136,7 +131,7 @@ def create_checkpoint(
 def show_checkpoint(
     project_id: str, checkpoint_id: str, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         checkpoint = backups.get_checkpoint(session, caller.project_id, checkpoint_id)
         return {"checkpoint": _checkpoint(session, checkpoint)}
 
@@ -169,7 +164,7 @@ def list_backups(
         status=statuses,
         name=name,
     )
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         count, rows = backups.list_backups(session, caller.project_id, filters, limit=limit, offset=offset)
         return {
             "backups": [_backup(session, b) for b in rows],
@@ -181,13 +176,13 @@ def list_backups(
 
 @router.get("/v3/{project_id}/backups/{backup_id}")
 def show_backup(project_id: str, backup_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         return {"backup": _backup(session, backups.get_backup(session, caller.project_id, backup_id))}
 
 
 @router.delete("/v3/{project_id}/backups/{backup_id}", status_code=204)
 def delete_backup(project_id: str, backup_id: str, caller: ProjectCaller, request: Request) -> Response:
-    backups.delete_backup(_ctx(request), caller.project_id, backup_id, request_id_var.get())
+    backups.delete_backup(request_ctx(request), caller.project_id, backup_id, request_id_var.get())
     return Response(status_code=204)
 
 
@@ -195,7 +190,7 @@ def delete_backup(project_id: str, backup_id: str, caller: ProjectCaller, reques
 def restore_backup(
     project_id: str, backup_id: str, body: RestoreBackupIn, caller: ProjectCaller, request: Request
 ) -> Response:
-    backups.restore_backup(_ctx(request), caller.project_id, backup_id, body, request_id_var.get())
+    backups.restore_backup(request_ctx(request), caller.project_id, backup_id, body, request_id_var.get())
     return Response(status_code=202)
 
 
@@ -220,7 +215,7 @@ def list_op_logs(
         "vault_id": vault_id,
         "status": status,
     }
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         count, rows = backups.list_op_logs(session, caller.project_id, filters, limit=limit, offset=offset)
         return {
             "operation_logs": [op_log_view(o) for o in rows],
@@ -232,7 +227,7 @@ def list_op_logs(
 
 @router.get("/v3/{project_id}/operation-logs/{op_id}")
 def show_op_log(project_id: str, op_id: str, caller: ProjectCaller, request: Request) -> dict[str, Any]:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         return {"operation_log": op_log_view(backups.get_op_log(session, caller.project_id, op_id))}
 
 
@@ -240,7 +235,7 @@ def show_op_log(project_id: str, op_id: str, caller: ProjectCaller, request: Req
 
 
 def _disk_backup(request: Request, backup_id: str, statuses: tuple[str, ...]) -> Backup:
-    with Session(_ctx(request).engine) as session:
+    with Session(request_ctx(request).engine) as session:
         backup = session.get(Backup, backup_id)
     if backup is None or backup.status not in statuses or backup.resource_type == "OS::Nova::Server":
         raise NotFound(f"no disk backup {backup_id} to transfer", code=backups.BACKUP_NOT_FOUND)
@@ -250,20 +245,20 @@ def _disk_backup(request: Request, backup_id: str, statuses: tuple[str, ...]) ->
 @router.put("/internal/backups/{backup_id}/file", dependencies=[Depends(require_join_token)])
 async def upload_backup_file(backup_id: str, request: Request, grant: str | None = None) -> dict[str, Any]:
     """An agent streams a staged copy here; the store writes it in a worker thread as it arrives."""
-    transfer_grants.check(_ctx(request).settings, "backup", backup_id, "PUT", grant)
+    transfer_grants.check(request_ctx(request).settings, "backup", backup_id, "PUT", grant)
     backup = await anyio.to_thread.run_sync(_disk_backup, request, backup_id, (backups.PROTECTING,))
-    store = open_store(_ctx(request).settings)
+    store = open_store(request_ctx(request).settings)
     stored = await consume_body(request.stream(), partial(store.put, f"{backup.id}.qcow2"))
     return {"key": stored.key, "size": stored.size, "checksum": stored.checksum}
 
 
 @router.get("/internal/backups/{backup_id}/file", dependencies=[Depends(require_join_token)])
 def download_backup_file(backup_id: str, request: Request, grant: str | None = None) -> StreamingResponse:
-    transfer_grants.check(_ctx(request).settings, "backup", backup_id, "GET", grant)
+    transfer_grants.check(request_ctx(request).settings, "backup", backup_id, "GET", grant)
     backup = _disk_backup(request, backup_id, (backups.AVAILABLE, backups.RESTORING, backups.PROTECTING))
     if backup.store_key is None:
         raise NotFound(f"backup {backup_id} holds no data", code=backups.BACKUP_NOT_FOUND)
-    store = open_store(_ctx(request).settings)
+    store = open_store(request_ctx(request).settings)
     try:
         size = store.stat(backup.store_key)
         if size is None:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 from sqlmodel import Session
 
+from controller.api.request_context import request_ctx
 from controller.auth.deps import ProjectCaller
-from controller.context import ControllerContext
 from controller.db import session_scope
 from controller.models.eip import Eip
 from controller.models.network import Port
@@ -53,11 +53,6 @@ class PublicipUpdateBody(BaseModel):
     publicip: PublicipUpdate
 
 
-def _ctx(request: Request) -> ControllerContext:
-    ctx: ControllerContext = request.app.state.ctx
-    return ctx
-
-
 def eip_view(eip: Eip, private_ip: str | None) -> dict[str, Any]:
     return {
         "id": eip.id,
@@ -91,7 +86,7 @@ def _views(session: Session, rows: list[Eip]) -> list[dict[str, Any]]:
 def create_publicip(
     project_id: str, body: PublicipCreateBody, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     opt, bw = body.publicip, body.bandwidth
     with session_scope(ctx.engine) as session:
         eip = eips.create_eip(
@@ -125,7 +120,7 @@ def list_publicips(
     port_id: IdList = None,
     public_ip_address: IdList = None,
 ) -> dict[str, Any]:
-    with session_scope(_ctx(request).engine) as session:
+    with session_scope(request_ctx(request).engine) as session:
         rows = eips.list_eips(
             session,
             caller.project_id,
@@ -142,7 +137,7 @@ def list_publicips(
 def show_publicip(
     project_id: str, publicip_id: str, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
-    with session_scope(_ctx(request).engine) as session:
+    with session_scope(request_ctx(request).engine) as session:
         return {"publicip": _views(session, [eips.get_eip(session, caller.project_id, publicip_id)])[0]}
 
 
@@ -151,7 +146,7 @@ def update_publicip(
     project_id: str, publicip_id: str, body: PublicipUpdateBody, caller: ProjectCaller, request: Request
 ) -> dict[str, Any]:
     """`port_id` binds; `port_id` null or "" unbinds; a body without `port_id` keeps the binding."""
-    ctx = _ctx(request)
+    ctx = request_ctx(request)
     opt = body.publicip
     hosts: list[str | None] = []
     with session_scope(ctx.engine) as session:
@@ -174,6 +169,6 @@ def update_publicip(
 
 @router.delete("/v1/{project_id}/publicips/{publicip_id}", status_code=204)
 def delete_publicip(project_id: str, publicip_id: str, caller: ProjectCaller, request: Request) -> Response:
-    with session_scope(_ctx(request).engine) as session:
+    with session_scope(request_ctx(request).engine) as session:
         eips.delete_eip(session, caller.project_id, publicip_id)
     return Response(status_code=204)

@@ -26,6 +26,7 @@ from huaweicloudsdkcbr.v1 import CbrClient
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkecs.v2 import EcsClient
+from huaweicloudsdkeip.v2 import EipClient
 from huaweicloudsdkevs.v2 import EvsClient
 from huaweicloudsdkims.v2 import ImsClient
 from huaweicloudsdkvpc.v2 import VpcClient
@@ -82,8 +83,33 @@ def namespaced_client(client_class: Any, *, endpoint: str, ak: str, sk: str, pro
     return InNamespace(client, ns)
 
 
+class SdkClients:
+    """The official SDK's clients for a test cloud; a class using it says how one is built (`_client`)."""
+
+    def _client(self, client_class: Any) -> Any:
+        raise NotImplementedError
+
+    def ecs(self) -> EcsClient:
+        return self._client(EcsClient)  # type: ignore[no-any-return]
+
+    def vpc(self) -> VpcClient:
+        return self._client(VpcClient)  # type: ignore[no-any-return]
+
+    def ims(self) -> ImsClient:
+        return self._client(ImsClient)  # type: ignore[no-any-return]
+
+    def evs(self) -> EvsClient:
+        return self._client(EvsClient)  # type: ignore[no-any-return]
+
+    def cbr(self) -> CbrClient:
+        return self._client(CbrClient)  # type: ignore[no-any-return]
+
+    def eip(self) -> EipClient:
+        return self._client(EipClient)  # type: ignore[no-any-return]
+
+
 @dataclass
-class Cloud:
+class Cloud(SdkClients):
     ns: str
     home: Path
     tmp: Path
@@ -136,21 +162,6 @@ class Cloud:
             project_id=self.project_id,
             ns=self.ns,
         )
-
-    def ecs(self) -> EcsClient:
-        return self._client(EcsClient)  # type: ignore[no-any-return]
-
-    def vpc(self) -> VpcClient:
-        return self._client(VpcClient)  # type: ignore[no-any-return]
-
-    def ims(self) -> ImsClient:
-        return self._client(ImsClient)  # type: ignore[no-any-return]
-
-    def evs(self) -> EvsClient:
-        return self._client(EvsClient)  # type: ignore[no-any-return]
-
-    def cbr(self) -> CbrClient:
-        return self._client(CbrClient)  # type: ignore[no-any-return]
 
     def close(self) -> list[str]:
         """Tear the cloud down; returns what had leaked (empty when everything was clean)."""

@@ -18,16 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huaweicloudsdkecs.v2 import EcsClient
-from huaweicloudsdkeip.v2 import EipClient
-from huaweicloudsdkevs.v2 import EvsClient
-from huaweicloudsdkims.v2 import ImsClient
-from huaweicloudsdkvpc.v2 import VpcClient
-
 from controller.cli import lab as lab_cli
 from controller.cli.lab_plan import UNDERLAY, LabPlan, plan
 from tests.support import netns
-from tests.support.cloud import LABCLOUD, leftover_processes, namespaced_client
+from tests.support.cloud import LABCLOUD, SdkClients, leftover_processes, namespaced_client
 from tests.support.crash import daemon_pid, kill_9
 
 UP_TIMEOUT_S = 900.0
@@ -53,7 +47,7 @@ def root_namespace_state() -> dict[str, Any]:
 
 
 @dataclass
-class Lab:
+class Lab(SdkClients):
     root: Path
     hosts: int
     azs: int
@@ -139,21 +133,6 @@ class Lab:
             project_id=creds["project_id"],
             ns=self.ns("ctl"),
         )
-
-    def ecs(self) -> EcsClient:
-        return self._client(EcsClient)  # type: ignore[no-any-return]
-
-    def vpc(self) -> VpcClient:
-        return self._client(VpcClient)  # type: ignore[no-any-return]
-
-    def ims(self) -> ImsClient:
-        return self._client(ImsClient)  # type: ignore[no-any-return]
-
-    def eip(self) -> EipClient:
-        return self._client(EipClient)  # type: ignore[no-any-return]
-
-    def evs(self) -> EvsClient:
-        return self._client(EvsClient)  # type: ignore[no-any-return]
 
     def close(self) -> list[str]:
         """`labcloud lab down`, then independent checks; returns what leaked (empty when clean)."""
