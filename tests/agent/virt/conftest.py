@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.schemas import ImageRef, ServerSpec
+from agent.virt.designer import design_domain
+from agent.virt.domain_xml import DomainSpec
 from agent.virt.host import LibvirtHost
 
 # A small host for libvirt's test driver. Each test gets its own file, so no state leaks between tests
@@ -191,3 +194,62 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
             _signal_and_wait(int(pid))
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def tinycloud_image() -> Path | None:
+    """The project's small guest image if it was built (images/tinycloud/build.sh); tests skip without it."""
+    explicit = os.environ.get("LABCLOUD_TINYCLOUD_IMAGE")
+    if explicit:
+        return Path(explicit)
+    cache = Path(os.environ.get("LABCLOUD_IMAGE_CACHE", "/var/cache/labcloud/images"))
+    images = sorted(cache.glob("tinycloud-*.qcow2"), key=lambda p: p.stat().st_mtime)
+    return images[-1] if images else None
+
+
+def tinycloud_guest(base: Path, server_id: str, name: str, user_data: str, console_log: Path) -> DomainSpec:
+    """A tinycloud guest without NICs in `base`: a 1 GiB overlay on the built image and a NoCloud seed with
+    `user_data`; returns its domain spec (skips the test when the image was not built)."""
+    base_image = tinycloud_image()
+    if base_image is None:
+        pytest.skip("no tinycloud image: run images/tinycloud/build.sh")
+    root_disk, seed = base / "root.qcow2", base / "seed.iso"
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            str(base_image),
+            str(root_disk),
+            "1G",
+        ],
+        check=True,
+    )
+    (base / "meta-data").write_text(f"instance-id: {server_id}\nlocal-hostname: {name}\n")
+    (base / "user-data").write_text(user_data)
+    files = [str(base / "meta-data"), str(base / "user-data")]
+    subprocess.run(["genisoimage", "-quiet", "-o", str(seed), "-V", "cidata", "-J", "-r", *files], check=True)
+    server = ServerSpec(
+        id=server_id,
+        name=name,
+        hostname=name,
+        project_id="proj-e2e",
+        vcpus=1,
+        ram_mib=128,
+        root_disk_gib=1,
+        image=ImageRef(id="tinycloud", checksum="0" * 64, url="http://unused"),
+        ports=[],
+        networks=[],
+    )
+    return design_domain(
+        server,
+        accelerator="tcg",
+        root_disk=root_disk,
+        seed=seed,
+        console_log=console_log,
+        nic_names=lambda _p: ("", ""),
+    )

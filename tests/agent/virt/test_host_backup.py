@@ -10,7 +10,6 @@ under test.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,12 +20,10 @@ from pathlib import Path
 import pytest
 
 from agent.errors import Conflict, NotFound, VirtError
-from agent.schemas import ImageRef, ServerSpec
-from agent.virt.designer import design_domain
 from agent.virt.domain_xml import DiskSpec, render_disk_device, render_domain, with_disk_device
 from agent.virt.host import LibvirtHost
 
-from .conftest import PrivateLibvirtd
+from .conftest import PrivateLibvirtd, tinycloud_guest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -46,15 +43,6 @@ while :; do
 done
 ) </dev/null >/dev/null 2>&1 &
 """
-
-
-def _tinycloud_image() -> Path | None:
-    explicit = os.environ.get("LABCLOUD_TINYCLOUD_IMAGE")
-    if explicit:
-        return Path(explicit)
-    cache = Path(os.environ.get("LABCLOUD_IMAGE_CACHE", "/var/cache/labcloud/images"))
-    images = sorted(cache.glob("tinycloud-*.qcow2"), key=lambda p: p.stat().st_mtime)
-    return images[-1] if images else None
 
 
 def _qemu_img(*args: str) -> str:
@@ -87,39 +75,12 @@ def _wait_ticks(console: Path, above: int) -> int:
 @pytest.fixture
 def writing_guest(libvirtd: PrivateLibvirtd) -> Iterator[tuple[LibvirtHost, Path]]:
     """A running tinycloud guest with a data volume on vdb, writing counters to both disks; yields its dir."""
-    base_image = _tinycloud_image()
-    if base_image is None:
-        pytest.skip("no tinycloud image: run images/tinycloud/build.sh")
     base = libvirtd.root / "instances" / "backup"
     base.mkdir(parents=True)
     base.chmod(0o755)
-    root_disk, volume, seed = base / "root.qcow2", base / "vol.qcow2", base / "seed.iso"
-    _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base_image), str(root_disk), "1G")
+    volume = base / "vol.qcow2"
     _qemu_img("create", "-q", "-f", "qcow2", str(volume), "64M")
-    (base / "meta-data").write_text(f"instance-id: {SERVER_ID}\nlocal-hostname: writer\n")
-    (base / "user-data").write_text(WRITER)
-    files = [str(base / "meta-data"), str(base / "user-data")]
-    subprocess.run(["genisoimage", "-quiet", "-o", str(seed), "-V", "cidata", "-J", "-r", *files], check=True)
-    server = ServerSpec(
-        id=SERVER_ID,
-        name="writer",
-        hostname="writer",
-        project_id="proj-e2e",
-        vcpus=1,
-        ram_mib=128,
-        root_disk_gib=1,
-        image=ImageRef(id="tinycloud", checksum="0" * 64, url="http://unused"),
-        ports=[],
-        networks=[],
-    )
-    spec = design_domain(
-        server,
-        accelerator="tcg",
-        root_disk=root_disk,
-        seed=seed,
-        console_log=base / "console.log",
-        nic_names=lambda _p: ("", ""),
-    )
+    spec = tinycloud_guest(base, SERVER_ID, "writer", WRITER, base / "console.log")
     xml = with_disk_device(render_domain(spec), render_disk_device(DiskSpec(source=volume, target="vdb")))
     host = LibvirtHost(libvirtd.uri, poll_interval=0.1)
     try:

@@ -8,7 +8,6 @@ uncooperative OS, ignores the ACPI power button: exactly the case the shutdown a
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from agent.virt.designer import design_domain
 from agent.virt.domain_xml import render_domain
 from agent.virt.host import LibvirtHost
 
-from .conftest import PrivateLibvirtd
+from .conftest import PrivateLibvirtd, tinycloud_guest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -253,16 +252,6 @@ def test_survives_a_libvirtd_restart(
     assert _state(libvirtd) == "shut off"
 
 
-def _tinycloud_image() -> Path | None:
-    """The project's small guest image if it was built (images/tinycloud/build.sh); tests skip without it."""
-    explicit = os.environ.get("LABCLOUD_TINYCLOUD_IMAGE")
-    if explicit:
-        return Path(explicit)
-    cache = Path(os.environ.get("LABCLOUD_IMAGE_CACHE", "/var/cache/labcloud/images"))
-    images = sorted(cache.glob("tinycloud-*.qcow2"), key=lambda p: p.stat().st_mtime)
-    return images[-1] if images else None
-
-
 def _wait_for_boots(console: Path, count: int) -> None:
     deadline = time.monotonic() + JOIN_TIMEOUT
     while console.read_text(errors="replace").count("tinycloud: ready") < count:
@@ -276,54 +265,10 @@ def test_cooperative_guest_reboots_and_shuts_down_through_acpi(
     real_host: LibvirtHost, libvirtd: PrivateLibvirtd, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A guest that handles the ACPI power button: no fallback may be needed for either verb."""
-    base_image = _tinycloud_image()
-    if base_image is None:
-        pytest.skip("no tinycloud image: run images/tinycloud/build.sh")
     base = libvirtd.root / "instances" / "tiny"
     base.mkdir(parents=True)
-    root_disk, seed, console = base / "root.qcow2", base / "seed.iso", base / "console.log"
-    subprocess.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            str(base_image),
-            str(root_disk),
-            "1G",
-        ],
-        check=True,
-    )
-    (base / "meta-data").write_text(f"instance-id: {SERVER_ID}\nlocal-hostname: tiny\n")
-    (base / "user-data").write_text("#cloud-config\n")
-    seed_files = [str(base / "meta-data"), str(base / "user-data")]
-    subprocess.run(
-        ["genisoimage", "-quiet", "-o", str(seed), "-V", "cidata", "-J", "-r", *seed_files], check=True
-    )
-    server = ServerSpec(
-        id=SERVER_ID,
-        name="tiny",
-        hostname="tiny",
-        project_id="proj-e2e",
-        vcpus=1,
-        ram_mib=128,
-        root_disk_gib=1,
-        image=ImageRef(id="tinycloud", checksum="0" * 64, url="http://unused"),
-        ports=[],
-        networks=[],
-    )
-    spec = design_domain(
-        server,
-        accelerator="tcg",
-        root_disk=root_disk,
-        seed=seed,
-        console_log=console,
-        nic_names=lambda _p: ("", ""),
-    )
+    console = base / "console.log"
+    spec = tinycloud_guest(base, SERVER_ID, "tiny", "#cloud-config\n", console)
     caplog.set_level(logging.INFO, logger="agent.virt.host")
     try:
         real_host.define(render_domain(spec))
