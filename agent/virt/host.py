@@ -169,7 +169,9 @@ class LibvirtHost:
             except libvirt.libvirtError as exc:
                 # Typically QEMU went away during the request (the guest powered off, or a destroy raced us).
                 # Whatever the cause, the wait below ends it: off soon, or destroyed at the deadline.
-                log.warning("server %s: ACPI shutdown request failed (%s), waiting for the domain", server_id, exc)
+                log.warning(
+                    "server %s: ACPI shutdown request failed (%s), waiting for the domain", server_id, exc
+                )
             return True
 
         if not self._run("shutdown", server_id, press):

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
-from controller.api.rendering import FastJSONResponse, render_list
+from controller.api.rendering import render_list
 from controller.api.request_context import request_ctx
 from controller.auth.deps import ProjectCaller
 from controller.logs import request_id_var
@@ -24,7 +24,7 @@ from controller.services.server_views import (
     interfaces_view,
     list_servers,
     load_related,
-    server_detail,
+    server_detail_json,
     server_row,
 )
 
@@ -87,7 +87,7 @@ def list_details(
     with Session(ctx.engine) as session:
         total, rows = list_servers(session, caller.project_id, filters)
         related = load_related(session, rows, ctx.settings.host_dead_seconds)
-    body = render_list({"count": total}, "servers", (server_detail(s, related) for s in rows))
+    body = render_list({"count": total}, "servers", (server_detail_json(s, related) for s in rows))
     return Response(body, media_type="application/json")
 
 
@@ -102,14 +102,14 @@ def show_limits(project_id: str, caller: ProjectCaller, request: Request) -> dic
 
 
 @router.get("/v1/{project_id}/cloudservers/{server_id}")
-def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> FastJSONResponse:
+def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> Response:
     ctx = request_ctx(request)
     with Session(ctx.engine) as session:
         row = server_row(session, caller.project_id, server_id)
         if row is None:
             raise servers.not_found(server_id)
         related = load_related(session, [row], ctx.settings.host_dead_seconds)
-    return FastJSONResponse({"server": server_detail(row, related)})
+    return Response(b'{"server":' + server_detail_json(row, related) + b"}", media_type="application/json")
 
 
 @router.get("/v1/{project_id}/cloudservers/{server_id}/os-interface")

@@ -7,9 +7,8 @@ server.
 
 Listing 1,000 servers is the hot path, so it reads plain rows of exactly the columns the view shows (no ORM
 objects), decodes the JSON columns through a small cache (a page repeats a few values: `[]`, `{}`, one group
-list), works out what depends only on the host once per host, and builds each ServerDetail in one dict literal.
-`show` reads the same row for one server (`server_row`). Each ServerDetail is rendered as soon as it is built
-(`api.rendering.render_list`).
+list), works out what depends only on the host once per host, and keeps rendered ServerDetails in a cache keyed
+by the rows they were made of (`server_detail_json`). `show` reads the same row for one server (`server_row`).
 """
 
 from __future__ import annotations
@@ -19,10 +18,11 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import DateTime, Text, cast, func, type_coerce
 from sqlmodel import Session, col, select
 
@@ -41,6 +41,10 @@ MAX_LIMIT = 1000
 MAX_NICS = 12
 ROOT_DEVICE = "/dev/vda"
 FAULT_CODE = 500  # Nova and Huawei report faults with an HTTP-like integer code; ours goes into `details`
+VIEW_CACHE_SIZE = (
+    4096  # rendered ServerDetails kept (a few KiB each): a 1,000-server page, several times over
+)
+CACHED_USER_DATA_MAX = 1024  # characters: user data is in the view, and up to 32 KiB
 
 
 @dataclass(frozen=True)
@@ -59,26 +63,14 @@ class ServerFilters:
 
 @dataclass
 class Related:
-    """Everything a page of ServerDetails needs besides the server rows, fetched in bulk."""
+    """Everything a page of ServerDetails needs besides the server rows, fetched in bulk as plain tuples (they
+    are part of the keys of the rendered-view cache, and tuples compare much faster than rows)."""
 
-    ports: dict[
-        str, list[Any]
-    ]  # rows of _PORT_COLUMNS (with the EIP bound to the port, if any), in NIC order
-    flavors: dict[str, Flavor]
-    groups: dict[str, SecurityGroup]
-    hosts: dict[str, Host]
-    host_dead_seconds: float
-    volumes: dict[str, list[Any]] = field(default_factory=dict)  # rows of `attached_volume_rows`
-    # Per host id: (hypervisor hostname, host_status), worked out once for the page.
-    host_views: dict[str, tuple[str, str]] = field(default_factory=dict)
-    digests: dict[tuple[str, str | None], str] = field(default_factory=dict)  # memo of `host_digest`
-
-    def digest(self, project_id: str, host_id: str | None) -> str:
-        key = (project_id, host_id)
-        value = self.digests.get(key)
-        if value is None:
-            value = self.digests[key] = host_digest(project_id, host_id)
-        return value
+    ports: dict[str, list[tuple[Any, ...]]]  # _PORT_COLUMNS (with the port's EIP, if any), in NIC order
+    flavors: dict[str, tuple[str, int, int]]  # name, vcpus, ram_mib
+    group_names: dict[str, str]
+    volumes: dict[str, list[tuple[str, str | None]]]  # id, device (`attached_volume_rows`)
+    host_views: dict[str, tuple[str, str]]  # hypervisor hostname, host_status
 
 
 _LABEL = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -115,41 +107,86 @@ _PORT_COLUMNS = (
 def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: float) -> Related:
     """`servers` are rows of `_DETAIL_COLUMNS`."""
     ids = [s[0] for s in servers]
-    ports: dict[str, list[Any]] = defaultdict(list)
+    conn = session.connection()
+    ports: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     if ids:
-        # Plain rows of the columns the view shows: a page of 1,000 servers has 1,000 ports, and building ORM
-        # objects for them cost more than the rest of this function.
         stmt = (
             select(*_PORT_COLUMNS)
             .outerjoin(Eip, col(Eip.port_id) == col(Port.id))  # at most one EIP per port (unique port_id)
             .where(col(Port.server_id).in_(ids))
             .order_by(col(Port.created_at), col(Port.id))
         )
-        for port in session.connection().execute(stmt):
-            ports[port.server_id or ""].append(port)
-    flavor_ids = {s[_FLAVOR] for s in servers}
-    group_ids = {gid for s in servers for gid in json_value(s[_GROUPS])}
-    host_ids = {s[_HOST] for s in servers if s[_HOST]}
-    hosts: dict[str, Host] = _by_id(session, Host, host_ids)
+        for port in conn.execute(stmt):
+            ports[port[1] or ""].append(tuple(port))
+
+    def by_id(id_column: Any, ids: set[str], *columns: Any) -> dict[str, Any]:
+        if not ids:
+            return {}
+        return {
+            row[0]: row[1:] for row in conn.execute(select(id_column, *columns).where(id_column.in_(ids)))
+        }
+
+    flavors = by_id(col(Flavor.id), {s[_FLAVOR] for s in servers}, Flavor.name, Flavor.vcpus, Flavor.ram_mib)
+    groups = by_id(
+        col(SecurityGroup.id), {g for s in servers for g in json_value(s[_GROUPS])}, SecurityGroup.name
+    )
+    hosts = by_id(
+        col(Host.id),
+        {s[_HOST] for s in servers if s[_HOST]},
+        Host.hostname,
+        Host.enabled,
+        Host.last_heartbeat,
+    )
+    now = utcnow()
     return Related(
         ports=ports,
-        flavors=_by_id(session, Flavor, flavor_ids),
-        groups=_by_id(session, SecurityGroup, group_ids),
-        hosts=hosts,
-        host_dead_seconds=host_dead_seconds,
+        flavors={fid: tuple(row) for fid, row in flavors.items()},
+        group_names={gid: row[0] for gid, row in groups.items()},
         volumes=attached_volume_rows(session, ids),
-        host_views={h.id: (h.hostname, _host_status(h, host_dead_seconds)) for h in hosts.values()},
+        host_views={
+            hid: (hostname, _host_status(enabled, (now - heartbeat).total_seconds(), host_dead_seconds))
+            for hid, (hostname, enabled, heartbeat) in hosts.items()
+        },
     )
 
 
-def _by_id(session: Session, model: Any, ids: set[str]) -> dict[str, Any]:
-    if not ids:
-        return {}
-    return {row.id: row for row in session.exec(select(model).where(col(model.id).in_(ids))).all()}
+def server_detail_json(server: Sequence[Any], related: Related) -> bytes:
+    """One ServerDetail, rendered as JSON, from a row of `_DETAIL_COLUMNS` (`server_row`, `list_servers`).
+
+    The view is a pure function of the rows it is made of, so those rows are the key of a cache of rendered
+    views: nothing has to invalidate it (any write shows up as a different key, on every controller), and a
+    listing of unchanged servers skips building and rendering them. Views with big user data are not kept.
+    """
+    sid, host_id = server[0], server[_HOST]
+    names = related.group_names
+    key = (
+        tuple(server),
+        tuple(related.ports.get(sid, ())),
+        tuple(related.volumes.get(sid, ())),
+        related.flavors.get(server[_FLAVOR]),
+        tuple(names.get(gid, gid) for gid in json_value(server[_GROUPS])),
+        related.host_views.get(host_id, ("", "")) if host_id else ("", ""),
+    )
+    if len(server[_USER_DATA] or "") > CACHED_USER_DATA_MAX:
+        return _render_detail(key)
+    return _render_detail_cached(key)
 
 
-def server_detail(server: Sequence[Any], related: Related) -> dict[str, Any]:
-    """One ServerDetail from a row of `_DETAIL_COLUMNS` (`server_row`, `list_servers`)."""
+def _render_detail(key: tuple[Any, ...]) -> bytes:
+    return to_json(_detail(*key))
+
+
+_render_detail_cached = lru_cache(maxsize=VIEW_CACHE_SIZE)(_render_detail)
+
+
+def _detail(
+    server: Sequence[Any],
+    ports: Sequence[Any],
+    volumes: Sequence[Any],
+    flavor: tuple[str, int, int] | None,
+    group_names: tuple[str, ...],
+    host_view: tuple[str, str],
+) -> dict[str, Any]:
     (
         sid,
         project_id,
@@ -176,9 +213,8 @@ def server_detail(server: Sequence[Any], related: Related) -> dict[str, Any]:
         launched_at,
         deleted_at,
     ) = server  # unpacked in one step: a row's attribute lookups were a quarter of a 1,000-server listing
-    flavor = related.flavors.get(flavor_id)
-    hypervisor, host_status = related.host_views.get(host_id, ("", "")) if host_id else ("", "")
-    groups = related.groups
+    hypervisor, host_status = host_view
+    flavor_name, vcpus, ram_mib = flavor or (flavor_id, 0, 0)
     detail: dict[str, Any] = {
         "id": sid,
         "name": name,
@@ -188,21 +224,21 @@ def server_detail(server: Sequence[Any], related: Related) -> dict[str, Any]:
         "updated": iso_z(updated_at),
         "tenant_id": project_id,
         "user_id": user_id,
-        "hostId": related.digest(project_id, host_id),
+        "hostId": host_digest(project_id, host_id),
         "key_name": key_name or "",
         "locked": False,
         "progress": 100 if launched_at else 0,
         "image": {"id": image_id},
         "flavor": {
             "id": flavor_id,
-            "name": flavor.name if flavor else flavor_id,
-            "vcpus": str(flavor.vcpus) if flavor else "0",
-            "ram": str(flavor.ram_mib) if flavor else "0",
+            "name": flavor_name,
+            "vcpus": str(vcpus),
+            "ram": str(ram_mib),
             "disk": str(root_gib),
         },
-        "addresses": _addresses(related.ports.get(sid, ())),
+        "addresses": _addresses(ports),
         "security_groups": [
-            {"id": gid, "name": groups[gid].name if gid in groups else gid} for gid in json_value(group_ids)
+            {"id": gid, "name": name} for gid, name in zip(json_value(group_ids), group_names, strict=True)
         ],
         "accessIPv4": "",
         "accessIPv6": "",
@@ -224,9 +260,7 @@ def server_detail(server: Sequence[Any], related: Related) -> dict[str, Any]:
         "OS-EXT-SRV-ATTR:user_data": user_data or "",
         "OS-SRV-USG:launched_at": iso_z(launched_at) or "",
         "OS-SRV-USG:terminated_at": iso_z(deleted_at) or "",
-        "os-extended-volumes:volumes_attached": [
-            server_detail_volume(v) for v in related.volumes.get(sid, ())
-        ],
+        "os-extended-volumes:volumes_attached": [server_detail_volume(*v) for v in volumes],
         "host_status": host_status,
         "metadata": dict(json_value(meta)),
         "tags": [f"{t['key']}={t.get('value', '')}" for t in json_value(tags)],
@@ -273,13 +307,10 @@ def _addresses(ports: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
     return addresses
 
 
-def _host_status(host: Host | None, dead_after: float) -> str:
-    if host is None:
-        return ""
-    if not host.enabled:
+def _host_status(enabled: bool, heartbeat_age: float, dead_after: float) -> str:
+    if not enabled:
         return "MAINTENANCE"
-    age = (utcnow() - host.last_heartbeat).total_seconds()
-    return "UP" if age <= dead_after else "DOWN"
+    return "UP" if heartbeat_age <= dead_after else "DOWN"
 
 
 def interfaces_view(ports: list[Port]) -> dict[str, Any]:
@@ -348,10 +379,11 @@ _DETAIL_COLUMNS = (
 
 
 _NAMES = [c.key for c in _DETAIL_COLUMNS]
-_FLAVOR, _HOST, _GROUPS = (
+_FLAVOR, _HOST, _GROUPS, _USER_DATA = (
     _NAMES.index("flavor_id"),
     _NAMES.index("host_id"),
     _NAMES.index("security_group_ids"),
+    _NAMES.index("user_data"),
 )
 
 
@@ -372,28 +404,26 @@ def list_servers(session: Session, project_id: str, filters: ServerFilters) -> t
     if page_no < 0:
         raise BadRequest(f"Invalid offset {filters.offset}: it is a page number, 1 or more")
 
-    stmt = select(Server.id).where(Server.project_id == project_id, Server.status != DELETED)
+    where = [Server.project_id == project_id, Server.status != DELETED]
     if filters.name:
-        stmt = stmt.where(col(Server.name).contains(filters.name, autoescape=True))
+        where.append(col(Server.name).contains(filters.name, autoescape=True))
     if filters.status:
-        stmt = stmt.where(Server.status == filters.status.upper())
+        where.append(Server.status == filters.status.upper())
     if filters.flavor:
-        stmt = stmt.where(Server.flavor_id == filters.flavor)
+        where.append(Server.flavor_id == filters.flavor)
     if filters.server_id:
-        stmt = stmt.where(Server.id == filters.server_id)
+        where.append(Server.id == filters.server_id)
     if filters.ip_eq:
-        stmt = stmt.where(col(Server.id).in_(select(Port.server_id).where(Port.ip_address == filters.ip_eq)))
+        where.append(col(Server.id).in_(select(Port.server_id).where(Port.ip_address == filters.ip_eq)))
     if filters.ip:
         by_prefix = select(Port.server_id).where(col(Port.ip_address).startswith(filters.ip, autoescape=True))
-        stmt = stmt.where(col(Server.id).in_(by_prefix))
+        where.append(col(Server.id).in_(by_prefix))
     order = (col(Server.created_at).desc(), col(Server.id))
 
     if filters.tags or filters.not_tags:
         # Tags are a JSON list on the row: match them here, then page the ids that pass.
         wanted, unwanted = _tag_set(filters.tags), _tag_set(filters.not_tags)
-        rows = session.exec(
-            select(Server.id, Server.tags).where(col(Server.id).in_(stmt)).order_by(*order)
-        ).all()
+        rows = session.exec(select(Server.id, Server.tags).where(*where).order_by(*order)).all()
         ids = [sid for sid, tags in rows if _tags_match(tags, wanted, unwanted)]
         total = len(ids)
         page_ids = ids[(page_no - 1) * limit : page_no * limit]
@@ -403,8 +433,8 @@ def list_servers(session: Session, project_id: str, filters: ServerFilters) -> t
         by_id = {row.id: row for row in found}
         return total, [by_id[sid] for sid in page_ids if sid in by_id]
 
-    total = session.exec(select(func.count()).select_from(stmt.subquery())).one()
-    page_stmt = select(*_DETAIL_COLUMNS).where(col(Server.id).in_(stmt)).order_by(*order)
+    total = session.exec(select(func.count()).select_from(Server).where(*where)).one()
+    page_stmt = select(*_DETAIL_COLUMNS).where(*where).order_by(*order)
     rows = session.connection().execute(page_stmt.offset((page_no - 1) * limit).limit(limit)).all()
     return int(total), list(rows)
 

@@ -68,15 +68,9 @@ def server_attachment(volume: Volume) -> dict[str, Any]:
     }
 
 
-def server_detail_volume(volume: Any) -> dict[str, Any]:
-    """One entry of ServerDetail's `os-extended-volumes:volumes_attached` (all strings in the SDK model); `volume`
-    is a Volume or a row of `attached_volume_rows`."""
-    return {
-        "id": volume.id,
-        "device": volume.device or "",
-        "bootIndex": "-1",
-        "delete_on_termination": "False",
-    }
+def server_detail_volume(volume_id: str, device: str | None) -> dict[str, Any]:
+    """One entry of ServerDetail's `os-extended-volumes:volumes_attached` (all strings in the SDK model)."""
+    return {"id": volume_id, "device": device or "", "bootIndex": "-1", "delete_on_termination": "False"}
 
 
 def attached_volumes(session: Session, server_ids: list[str]) -> dict[str, list[Volume]]:
@@ -89,14 +83,14 @@ def attached_volumes(session: Session, server_ids: list[str]) -> dict[str, list[
     return result
 
 
-def attached_volume_rows(session: Session, server_ids: list[str]) -> dict[str, list[Any]]:
-    """`attached_volumes` as plain rows of what `server_detail_volume` shows (id, device), for list views."""
-    result: dict[str, list[Any]] = {}
+def attached_volume_rows(session: Session, server_ids: list[str]) -> dict[str, list[tuple[str, str | None]]]:
+    """`attached_volumes` as plain (id, device) tuples, what `server_detail_volume` shows, for list views."""
+    result: dict[str, list[tuple[str, str | None]]] = {}
     if not server_ids:
         return result
     stmt = _attached(select(Volume.id, Volume.server_id, Volume.device), server_ids)
-    for row in session.connection().execute(stmt):
-        result.setdefault(row.server_id or "", []).append(row)
+    for volume_id, server_id, device in session.connection().execute(stmt):
+        result.setdefault(server_id or "", []).append((volume_id, device))
     return result
 
 

@@ -17,6 +17,7 @@ from huaweicloudsdkecs.v2 import (
     DeleteServersRequest,
     DeleteServersRequestBody,
     ListServerInterfacesRequest,
+    ListServersDetailsRequest,
     PostPaidServerEip,
     PostPaidServerEipBandwidth,
     PostPaidServerPublicip,
@@ -122,6 +123,14 @@ def _port_of(api: Any, server_id: str) -> Any:
     return nics.interface_attachments[0]
 
 
+def _listed_addresses(api: Any, server_id: str) -> list[tuple[str, str]]:
+    """The server's (address, type) pairs as the server list shows them (rendered views are cached)."""
+    (listed,) = [
+        s for s in api.ecs().list_servers_details(ListServersDetailsRequest()).servers if s.id == server_id
+    ]
+    return [(a.addr, a.os_ext_ip_stype) for nets in listed.addresses.values() for a in nets]
+
+
 def test_allocate_bind_unbind_release_through_the_sdk(api, agent_host, net, pushed) -> None:  # type: ignore[no-untyped-def]
     eip = _eip(api)
     created = _create(eip)
@@ -135,6 +144,7 @@ def test_allocate_bind_unbind_release_through_the_sdk(api, agent_host, net, push
     assert nic.fixed_ips[0].subnet_id == net.subnet_id and nic.mac_addr.count(":") == 5
     fixed = nic.fixed_ips[0].ip_address
     assert pushed and pushed[-1].floating_ips == [] and pushed[-1].snat_vpcs == [net.vpc_id]  # after create
+    assert _listed_addresses(api, server_id) == [(fixed, "fixed")]
 
     bound = _bind(eip, created.id, nic.port_id)
     assert (bound.status, bound.port_id, bound.private_ip_address) == ("ACTIVE", nic.port_id, fixed)
@@ -147,11 +157,13 @@ def test_allocate_bind_unbind_release_through_the_sdk(api, agent_host, net, push
     listed = eip.list_publicips(ListPublicipsRequest(port_id=[nic.port_id])).publicips
     assert [p.id for p in listed] == [created.id]
     assert _bind(eip, created.id, nic.port_id).status == "ACTIVE"  # binding again to the same port: no change
+    assert _listed_addresses(api, server_id) == [(fixed, "fixed"), (POOL[0], "floating")]
 
     versions = [s.version for s in pushed]
     unbound = _bind(eip, created.id, "")
     assert (unbound.status, unbound.port_id) == ("DOWN", None)
     assert pushed[-1].floating_ips == [] and pushed[-1].version > max(versions)
+    assert _listed_addresses(api, server_id) == [(fixed, "fixed")]
 
     eip.delete_publicip(DeletePublicipRequest(publicip_id=created.id))
     assert eip.list_publicips(ListPublicipsRequest()).publicips == []
