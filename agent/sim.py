@@ -138,7 +138,9 @@ class SimulatedFleet:
         self.prefix = prefix
         self.hosts: list[SimulatedHost] = []
         self._router = FleetRouter()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on such sockets (else each small answer waits
+        # ~40 ms for the client's delayed ACK, as uvicorn writes headers and body separately).
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((listen_host, port))
         bound_host, bound_port = self._sock.getsockname()[:2]

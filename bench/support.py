@@ -53,7 +53,9 @@ STARTUP_TIMEOUT_S = 120.0
 def serve_in_thread(app: Any, name: str, sock: socket.socket | None = None) -> tuple[str, Callable[[], None]]:
     """Serve an ASGI app with uvicorn on 127.0.0.1 in a daemon thread; return its URL and what stops it."""
     if sock is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on such sockets; `labcloud`'s own uvicorn binds its
+        # socket through getaddrinfo, which names it.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
@@ -104,7 +106,7 @@ class Controller:
 def start_controller(home: Path, **settings: Any) -> Controller:
     """A real controller (`controller.main.create_app`) on a fresh SQLite home, with unlimited quotas."""
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     fields: dict[str, Any] = {

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
-from controller.api.rendering import render_list
 from controller.api.request_context import request_ctx
 from controller.auth.deps import ProjectCaller
 from controller.logs import request_id_var
@@ -22,7 +21,6 @@ from controller.services.server_create import create_servers
 from controller.services.server_views import (
     ServerFilters,
     interfaces_view,
-    list_servers,
     load_related,
     server_detail_json,
     server_row,
@@ -85,9 +83,7 @@ def list_details(
     )
     ctx = request_ctx(request)
     with Session(ctx.engine) as session:
-        total, rows = list_servers(session, caller.project_id, filters)
-        related = load_related(session, rows, ctx.settings.host_dead_seconds)
-    body = render_list({"count": total}, "servers", (server_detail_json(s, related) for s in rows))
+        body = ctx.server_lists.listing(session, caller.project_id, filters, ctx.settings.host_dead_seconds)
     return Response(body, media_type="application/json")
 
 

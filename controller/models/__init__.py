@@ -13,6 +13,7 @@ from controller.models.quota import ClientToken, Quota
 from controller.models.server import Server
 from controller.models.server_group import ServerGroup, ServerGroupMember
 from controller.models.snapshot import Snapshot
+from controller.models.view_stamp import ViewStamp
 from controller.models.volume import Volume
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Snapshot",
     "Subnet",
     "Vault",
+    "ViewStamp",
     "Volume",
     "Vpc",
 ]

@@ -130,24 +130,25 @@ def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: fl
     groups = by_id(
         col(SecurityGroup.id), {g for s in servers for g in json_value(s[_GROUPS])}, SecurityGroup.name
     )
-    hosts = by_id(
-        col(Host.id),
-        {s[_HOST] for s in servers if s[_HOST]},
-        Host.hostname,
-        Host.enabled,
-        Host.last_heartbeat,
-    )
-    now = utcnow()
     return Related(
         ports=ports,
         flavors={fid: tuple(row) for fid, row in flavors.items()},
         group_names={gid: row[0] for gid, row in groups.items()},
         volumes=attached_volume_rows(session, ids),
-        host_views={
-            hid: (hostname, _host_status(enabled, (now - heartbeat).total_seconds(), host_dead_seconds))
-            for hid, (hostname, enabled, heartbeat) in hosts.items()
-        },
+        host_views=host_views(session, {s[_HOST] for s in servers if s[_HOST]}, host_dead_seconds),
     )
+
+
+def host_views(session: Session, host_ids: set[str], dead_after: float) -> dict[str, tuple[str, str]]:
+    """Per host id: (hypervisor hostname, host_status) as ServerDetail shows them now."""
+    if not host_ids:
+        return {}
+    stmt = select(Host.id, Host.hostname, Host.enabled, Host.last_heartbeat).where(col(Host.id).in_(host_ids))
+    now = utcnow()
+    return {
+        host_id: (hostname, _host_status(enabled, (now - heartbeat).total_seconds(), dead_after))
+        for host_id, hostname, enabled, heartbeat in session.connection().execute(stmt)
+    }
 
 
 def server_detail_json(server: Sequence[Any], related: Related) -> bytes:

@@ -35,9 +35,10 @@ from huaweicloudsdkecs.v2 import (
     ShowServerConsoleOutputRequest,
     ShowServerRequest,
 )
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlmodel import Session, select
 
+from controller.db import make_engine
 from controller.logs import request_id_var
 from controller.models.network import Port, SecurityGroup
 from controller.models.server import Server
@@ -408,3 +409,28 @@ def test_listing_costs_the_same_queries_for_one_or_twenty_servers(api, agents, n
     twenty = queries_for_listing()
     assert ecs.list_servers_details(ListServersDetailsRequest()).count == 20
     assert twenty == one, "listing must fetch ports, flavors, groups and hosts in bulk"
+
+
+@on_both_databases()
+def test_listing_shows_what_another_controller_changed(api, agent_host, net) -> None:  # type: ignore[no-untyped-def]
+    """Listings are cached (services.server_list_cache): a write by another process, straight to the database,
+    shows in the next listing, and so does a host turning unavailable, which changes no stamped row."""
+    ecs = api.ecs()
+    (server_id,), job = create_and_wait(ecs, server(net))
+    assert job.status == "SUCCESS"
+
+    def listed() -> Any:
+        (only,) = ecs.list_servers_details(ListServersDetailsRequest()).servers
+        return only
+
+    assert (listed().id, listed().host_status) == (server_id, "UP")
+    other = make_engine(api.ctx.engine.url.render_as_string(hide_password=False))
+    try:
+        with other.begin() as conn:
+            conn.execute(text("UPDATE server SET name = 'renamed' WHERE id = :id"), {"id": server_id})
+        assert listed().name == "renamed"
+        with other.begin() as conn:
+            conn.execute(text("UPDATE host SET enabled = false"))
+        assert listed().host_status == "MAINTENANCE"
+    finally:
+        other.dispose()

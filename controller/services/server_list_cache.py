@@ -1,0 +1,69 @@
+"""Rendered server listings, kept while nothing they were made of has changed.
+
+A listing is a pure function of the project's rows (servers, ports, EIPs, volumes, groups, flavors), which the
+database stamps (`models.view_stamp`), and of the state of the hosts its servers run on, which changes with
+time alone (a host whose heartbeats stop turns DOWN). So a page is kept under (project, filters, stamps) and
+served again only while the stamps are the same and its hosts look the same as when it was rendered.
+
+The stamps are read before the rows: a page rendered from rows newer than its stamps is harmless (nobody
+asks for those stamps once the write has committed), one older than them cannot happen.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from controller.api.rendering import render_list
+from controller.models.view_stamp import ALL_PROJECTS, ViewStamp
+from controller.services.server_views import (
+    ServerFilters,
+    host_views,
+    list_servers,
+    load_related,
+    server_detail_json,
+)
+
+PAGES_KEPT = 16  # a 1,000-server page is ~1.5 MB
+
+
+@dataclass(frozen=True)
+class _Page:
+    body: bytes
+    hosts: dict[str, tuple[str, str]]  # host id -> (hypervisor hostname, host_status) when rendered
+
+
+class ServerListCache:
+    def __init__(self, pages: int = PAGES_KEPT) -> None:
+        self._pages: OrderedDict[tuple[object, ...], _Page] = OrderedDict()
+        self._size = pages
+        self._lock = threading.Lock()
+
+    def listing(self, session: Session, project_id: str, filters: ServerFilters, dead_after: float) -> bytes:
+        """The `GET /cloudservers/detail` body."""
+        stamps = tuple(
+            session.exec(
+                select(ViewStamp.project_id, ViewStamp.version)
+                .where(col(ViewStamp.project_id).in_((project_id, ALL_PROJECTS)))
+                .order_by(col(ViewStamp.project_id))
+            ).all()
+        )
+        key = (project_id, filters, stamps)
+        with self._lock:
+            page = self._pages.get(key)
+            if page is not None:
+                self._pages.move_to_end(key)
+        if page is not None and host_views(session, set(page.hosts), dead_after) == page.hosts:
+            return page.body
+        total, rows = list_servers(session, project_id, filters)
+        related = load_related(session, rows, dead_after)
+        body = render_list({"count": total}, "servers", (server_detail_json(s, related) for s in rows))
+        with self._lock:
+            self._pages[key] = _Page(body, related.host_views)
+            self._pages.move_to_end(key)
+            while len(self._pages) > self._size:
+                self._pages.popitem(last=False)
+        return body
