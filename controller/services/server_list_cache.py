@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from sqlalchemy import bindparam, or_
 from sqlmodel import Session, col, select
 
 from controller.api.rendering import render_list
@@ -28,6 +29,12 @@ from controller.services.server_views import (
 )
 
 PAGES_KEPT = 16  # a 1,000-server page is ~1.5 MB
+
+_STAMPS = (
+    select(ViewStamp.project_id, ViewStamp.version)
+    .where(or_(ViewStamp.project_id == bindparam("project_id"), ViewStamp.project_id == ALL_PROJECTS))
+    .order_by(col(ViewStamp.project_id))
+)
 
 
 @dataclass(frozen=True)
@@ -44,13 +51,7 @@ class ServerListCache:
 
     def listing(self, session: Session, project_id: str, filters: ServerFilters, dead_after: float) -> bytes:
         """The `GET /cloudservers/detail` body."""
-        stamps = tuple(
-            session.exec(
-                select(ViewStamp.project_id, ViewStamp.version)
-                .where(col(ViewStamp.project_id).in_((project_id, ALL_PROJECTS)))
-                .order_by(col(ViewStamp.project_id))
-            ).all()
-        )
+        stamps = tuple((p, v) for p, v in session.connection().execute(_STAMPS, {"project_id": project_id}))
         key = (project_id, filters, stamps)
         with self._lock:
             page = self._pages.get(key)

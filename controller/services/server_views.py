@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from pydantic_core import to_json
-from sqlalchemy import DateTime, Text, cast, func, type_coerce
+from sqlalchemy import DateTime, Text, bindparam, cast, func, type_coerce
 from sqlmodel import Session, col, select
 
 from controller.errors import BadRequest
@@ -104,36 +104,41 @@ _PORT_COLUMNS = (
 )
 
 
+# The statements of the hot paths are built once, with bind parameters: building one (and its cache key) took
+# ten times as long as running it, about 0.2 ms each.
+_PORTS_OF = (
+    select(*_PORT_COLUMNS)
+    .outerjoin(Eip, col(Eip.port_id) == col(Port.id))  # at most one EIP per port (unique port_id)
+    .where(col(Port.server_id).in_(bindparam("ids", expanding=True)))
+    .order_by(col(Port.created_at), col(Port.id))
+)
+_FLAVORS = select(Flavor.id, Flavor.name, Flavor.vcpus, Flavor.ram_mib).where(
+    col(Flavor.id).in_(bindparam("ids", expanding=True))
+)
+_GROUP_NAMES = select(SecurityGroup.id, SecurityGroup.name).where(
+    col(SecurityGroup.id).in_(bindparam("ids", expanding=True))
+)
+_HOSTS = select(Host.id, Host.hostname, Host.enabled, Host.last_heartbeat).where(
+    col(Host.id).in_(bindparam("ids", expanding=True))
+)
+
+
 def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: float) -> Related:
     """`servers` are rows of `_DETAIL_COLUMNS`."""
     ids = [s[0] for s in servers]
     conn = session.connection()
     ports: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     if ids:
-        stmt = (
-            select(*_PORT_COLUMNS)
-            .outerjoin(Eip, col(Eip.port_id) == col(Port.id))  # at most one EIP per port (unique port_id)
-            .where(col(Port.server_id).in_(ids))
-            .order_by(col(Port.created_at), col(Port.id))
-        )
-        for port in conn.execute(stmt):
+        for port in conn.execute(_PORTS_OF, {"ids": ids}):
             ports[port[1] or ""].append(tuple(port))
-
-    def by_id(id_column: Any, ids: set[str], *columns: Any) -> dict[str, Any]:
-        if not ids:
-            return {}
-        return {
-            row[0]: row[1:] for row in conn.execute(select(id_column, *columns).where(id_column.in_(ids)))
-        }
-
-    flavors = by_id(col(Flavor.id), {s[_FLAVOR] for s in servers}, Flavor.name, Flavor.vcpus, Flavor.ram_mib)
-    groups = by_id(
-        col(SecurityGroup.id), {g for s in servers for g in json_value(s[_GROUPS])}, SecurityGroup.name
-    )
+    flavor_ids = list({s[_FLAVOR] for s in servers})
+    group_ids = list({g for s in servers for g in json_value(s[_GROUPS])})
     return Related(
         ports=ports,
-        flavors={fid: tuple(row) for fid, row in flavors.items()},
-        group_names={gid: row[0] for gid, row in groups.items()},
+        flavors={f[0]: tuple(f[1:]) for f in conn.execute(_FLAVORS, {"ids": flavor_ids})}
+        if flavor_ids
+        else {},
+        group_names={g[0]: g[1] for g in conn.execute(_GROUP_NAMES, {"ids": group_ids})} if group_ids else {},
         volumes=attached_volume_rows(session, ids),
         host_views=host_views(session, {s[_HOST] for s in servers if s[_HOST]}, host_dead_seconds),
     )
@@ -143,11 +148,12 @@ def host_views(session: Session, host_ids: set[str], dead_after: float) -> dict[
     """Per host id: (hypervisor hostname, host_status) as ServerDetail shows them now."""
     if not host_ids:
         return {}
-    stmt = select(Host.id, Host.hostname, Host.enabled, Host.last_heartbeat).where(col(Host.id).in_(host_ids))
     now = utcnow()
     return {
         host_id: (hostname, _host_status(enabled, (now - heartbeat).total_seconds(), dead_after))
-        for host_id, hostname, enabled, heartbeat in session.connection().execute(stmt)
+        for host_id, hostname, enabled, heartbeat in session.connection().execute(
+            _HOSTS, {"ids": list(host_ids)}
+        )
     }
 
 
@@ -388,12 +394,18 @@ _FLAVOR, _HOST, _GROUPS, _USER_DATA = (
 )
 
 
+_SERVER_ROW = select(*_DETAIL_COLUMNS).where(
+    Server.id == bindparam("server_id"),
+    Server.project_id == bindparam("project_id"),
+    Server.status != DELETED,
+)
+
+
 def server_row(session: Session, project_id: str, server_id: str) -> Any | None:
     """The row of `_DETAIL_COLUMNS` of a live server of the project; None for deleted, unknown or foreign ones."""
-    stmt = select(*_DETAIL_COLUMNS).where(
-        Server.id == server_id, Server.project_id == project_id, Server.status != DELETED
+    return (
+        session.connection().execute(_SERVER_ROW, {"server_id": server_id, "project_id": project_id}).first()
     )
-    return session.connection().execute(stmt).first()
 
 
 def list_servers(session: Session, project_id: str, filters: ServerFilters) -> tuple[int, list[Any]]:
