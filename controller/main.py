@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
-import uuid
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -80,6 +81,11 @@ ROUTERS = [
 ]
 
 
+# Request ids: a random per-process prefix and a counter, unique without a uuid4 (a getrandom call) per request.
+_RID_PREFIX = os.urandom(8).hex()
+_rid_counter = itertools.count(1)
+
+
 class RequestIdMiddleware:
     """Give every request an id (`X-Request-Id`), in the response and in every log line."""
 
@@ -91,7 +97,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming[:64] if incoming else uuid.uuid4().hex
+        rid = incoming[:64] if incoming else f"{_RID_PREFIX}{next(_rid_counter):016x}"
         token = request_id_var.set(rid)
 
         async def send_with_id(message: Message) -> None:
