@@ -12,7 +12,7 @@ from agent.client import AgentClient
 from controller.auth.deps import CredentialCache
 from controller.config import Settings
 from controller.ratelimit import RateLimiter
-from controller.services.server_list_cache import ServerListCache
+from controller.services.server_view_cache import ServerViewCache
 
 if TYPE_CHECKING:
     from controller.jobs.worker import JobWorkers
@@ -48,7 +48,7 @@ class ControllerContext:
     agents: AgentClients
     rate_limiter: RateLimiter | None = None  # per access key; None: unlimited
     workers: JobWorkers | None = None
-    server_lists: ServerListCache = field(default_factory=ServerListCache)
+    view_cache: ServerViewCache = field(default_factory=ServerViewCache)
 
     def kick_jobs(self) -> None:
         if self.workers is not None:

@@ -21,9 +21,6 @@ from controller.services.server_create import create_servers
 from controller.services.server_views import (
     ServerFilters,
     interfaces_view,
-    load_related,
-    server_detail_json,
-    server_row,
 )
 
 router = APIRouter()
@@ -83,7 +80,7 @@ def list_details(
     )
     ctx = request_ctx(request)
     with Session(ctx.engine) as session:
-        body = ctx.server_lists.listing(session, caller.project_id, filters, ctx.settings.host_dead_seconds)
+        body = ctx.view_cache.listing(session, caller.project_id, filters, ctx.settings.host_dead_seconds)
     return Response(body, media_type="application/json")
 
 
@@ -101,11 +98,10 @@ def show_limits(project_id: str, caller: ProjectCaller, request: Request) -> dic
 def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> Response:
     ctx = request_ctx(request)
     with Session(ctx.engine) as session:
-        row = server_row(session, caller.project_id, server_id)
-        if row is None:
-            raise servers.not_found(server_id)
-        related = load_related(session, [row], ctx.settings.host_dead_seconds)
-    return Response(b'{"server":' + server_detail_json(row, related) + b"}", media_type="application/json")
+        body = ctx.view_cache.detail(session, caller.project_id, server_id, ctx.settings.host_dead_seconds)
+    if body is None:
+        raise servers.not_found(server_id)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/v1/{project_id}/cloudservers/{server_id}/os-interface")

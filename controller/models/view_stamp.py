@@ -1,6 +1,6 @@
 """View stamps: a per-project counter the database itself bumps on every write to what server views are made of.
 
-Cached views (`services.server_list_cache`) are keyed by the stamps they were read after, so a cached page is
+Cached views (`services.server_view_cache`) are keyed by the stamps they were read after, so a cached page is
 never served once anything in it may have changed, whichever controller or code path wrote it. Triggers do the
 bumping: no write path can forget, and two controllers sharing one PostgreSQL see the same counter.
 

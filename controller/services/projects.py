@@ -24,6 +24,7 @@ from controller.models.common import iso_z, utcnow
 from controller.models.network import SecurityGroup, SecurityGroupRule
 from controller.models.project import Credential, Project
 from controller.models.quota import ClientToken, Quota
+from controller.models.view_stamp import ViewStamp
 from controller.services.networks import ensure_default_security_group
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ MAX_NAME, MAX_DESCRIPTION = 64, 255
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Rows that belong to a project without being resources of it: they go with the project.
-_BOOKKEEPING = {"project", "credential", "quota", "clienttoken", "job"}
+_BOOKKEEPING = {"project", "credential", "quota", "clienttoken", "job", "view_stamp"}
 _DELETED_STATUSES = ("DELETED", "deleted")
 
 
@@ -131,7 +132,8 @@ def delete_project(session: Session, project_id: str, caller_project_id: str) ->
         session.exec(sm_select(SecurityGroup.id).where(SecurityGroup.project_id == project.id)).all()
     )
     session.execute(delete(SecurityGroupRule).where(col(SecurityGroupRule.security_group_id).in_(groups)))
-    for table in (SecurityGroup, ClientToken, Quota, Credential):
+    # The view stamp goes too (on PostgreSQL the deferred bump of the group deletes leaves one counter row).
+    for table in (SecurityGroup, ClientToken, Quota, Credential, ViewStamp):
         session.execute(delete(table).where(col(table.project_id) == project.id))
     session.delete(project)
     session.flush()

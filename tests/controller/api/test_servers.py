@@ -413,7 +413,7 @@ def test_listing_costs_the_same_queries_for_one_or_twenty_servers(api, agents, n
 
 @on_both_databases()
 def test_listing_shows_what_another_controller_changed(api, agent_host, net) -> None:  # type: ignore[no-untyped-def]
-    """Listings are cached (services.server_list_cache): a write by another process, straight to the database,
+    """Listings are cached (services.server_view_cache): a write by another process, straight to the database,
     shows in the next listing, and so does a host turning unavailable, which changes no stamped row."""
     ecs = api.ecs()
     (server_id,), job = create_and_wait(ecs, server(net))
