@@ -4,7 +4,9 @@ Cached views (`services.server_view_cache`) are keyed by the stamps they were re
 never served once anything in it may have changed, whichever controller or code path wrote it. Triggers do the
 bumping: no write path can forget, and two controllers sharing one PostgreSQL see the same counter.
 
-- Tables with a `project_id` bump their project's row; flavors, shared by every project, bump the row `*`.
+- Tables with a `project_id` bump their project's row; flavors and hosts, shared by every project, bump the
+  row `*` (hosts only when taken out or back or renamed: heartbeats would bump it every few seconds, and the
+  state they imply goes stale with time alone, which the cache checks itself).
 - SQLite: plain row triggers (SQLite has one writer at a time, so the counter costs no extra waiting).
 - PostgreSQL: deferred constraint triggers, run at commit: the counter row is the last lock a transaction
   takes and it holds it only while committing, so it adds no lock cycles (deadlocks) between writers.
@@ -26,7 +28,10 @@ STAMPED_TABLES: dict[str, str | None] = {
     "volume": "project_id",
     "securitygroup": "project_id",
     "flavor": None,  # shared: ALL_PROJECTS
+    "host": None,
 }
+# Only these columns' updates bump (every write of the other tables does).
+_UPDATED_COLUMNS = {"host": "enabled, hostname"}
 
 _BUMP = (
     "INSERT INTO view_stamp (project_id, version) VALUES ({project}, 1) "
@@ -48,8 +53,13 @@ def trigger_ddl(dialect: str) -> list[str]:
         for table, column in STAMPED_TABLES.items():
             for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
                 project = f"{row}.{column}" if column else f"'{ALL_PROJECTS}'"
+                event_ = (
+                    f"UPDATE OF {_UPDATED_COLUMNS[table]}"
+                    if op == "UPDATE" and table in _UPDATED_COLUMNS
+                    else op
+                )
                 statements.append(
-                    f"CREATE TRIGGER view_stamp_{table}_{op.lower()} AFTER {op} ON {table} FOR EACH ROW "
+                    f"CREATE TRIGGER view_stamp_{table}_{op.lower()} AFTER {event_} ON {table} FOR EACH ROW "
                     f"BEGIN {_BUMP.format(project=project)}; END"
                 )
         return statements
@@ -67,8 +77,9 @@ END $$"""
     statements = [function]
     for table, column in STAMPED_TABLES.items():
         argument = "" if column else f"'{ALL_PROJECTS}'"
+        update = f"UPDATE OF {_UPDATED_COLUMNS[table]}" if table in _UPDATED_COLUMNS else "UPDATE"
         statements.append(
-            f"CREATE CONSTRAINT TRIGGER view_stamp_{table} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+            f"CREATE CONSTRAINT TRIGGER view_stamp_{table} AFTER INSERT OR {update} OR DELETE ON {table} "
             f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION view_stamp_bump({argument})"
         )
     return statements

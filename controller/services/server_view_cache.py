@@ -1,17 +1,20 @@
 """Rendered server views (listings and single servers), kept while nothing they were made of has changed.
 
-A view is a pure function of the project's rows (servers, ports, EIPs, volumes, groups, flavors), which the
-database stamps (`models.view_stamp`), and of the state of the hosts its servers run on, which changes with
-time alone (a host whose heartbeats stop turns DOWN). So a view is kept under (project, filters or server id,
-stamps) and served again only while the stamps are the same and its hosts look as they did when rendered.
+A view is a pure function of rows the database stamps (`models.view_stamp`: servers, ports, EIPs, volumes,
+groups, flavors, and hosts taken out of service or renamed) and of time: a host whose heartbeats stop turns
+DOWN. So a view is kept under (project, filters or server id, stamps), and served again while the stamps are
+the same and, as far as its hosts go, until the first of them could turn DOWN; then their heartbeats are read
+again, and if they still look as they did, the view lives on until the new first deadline. A view that shows
+a host DOWN checks its hosts on every use (it turns UP with a heartbeat, which stamps nothing).
 
-The stamps are read before the rows: a page rendered from rows newer than its stamps is harmless (nobody
-asks for those stamps once the write has committed), one older than them cannot happen.
+The stamps are read before the rows: a view rendered from rows newer than its stamps is harmless (nobody asks
+for those stamps once the write has committed), one older than them cannot happen.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from sqlmodel import Session, col, select
 from controller.api.rendering import render_list
 from controller.models.view_stamp import ALL_PROJECTS, ViewStamp
 from controller.services.server_views import (
+    HostView,
     ServerFilters,
     host_views,
     list_servers,
@@ -39,10 +43,20 @@ _STAMPS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Page:
     body: bytes
-    hosts: dict[str, tuple[str, str]]  # host id -> (hypervisor hostname, host_status) when rendered
+    hosts: dict[str, HostView]  # as rendered
+    fresh_until: float = 0.0  # monotonic time until which `hosts` cannot have changed
+
+    def checked(self, hosts: dict[str, HostView], dead_after: float) -> None:
+        """`hosts` were just read and match: the page holds until the first UP host could turn DOWN (taking a
+        host out of service or back is stamped)."""
+        if any(view.status == "DOWN" for view in hosts.values()):
+            self.fresh_until = 0.0  # a heartbeat brings it back UP and stamps nothing: look every time
+            return
+        ages = [view.heartbeat_age for view in hosts.values() if view.status == "UP"]
+        self.fresh_until = time.monotonic() + dead_after - max(ages, default=0.0)
 
 
 class ServerViewCache:
@@ -58,7 +72,7 @@ class ServerViewCache:
             total, rows = list_servers(session, project_id, filters)
             related = load_related(session, rows, dead_after)
             body = render_list({"count": total}, "servers", (server_detail_json(s, related) for s in rows))
-            return _Page(body, related.host_views)
+            return _Page(body, related.hosts)
 
         return self._cached(session, project_id, filters, dead_after, render)
 
@@ -70,7 +84,7 @@ class ServerViewCache:
             if row is None:
                 return _Page(b"", {})
             related = load_related(session, [row], dead_after)
-            return _Page(b'{"server":' + server_detail_json(row, related) + b"}", related.host_views)
+            return _Page(b'{"server":' + server_detail_json(row, related) + b"}", related.hosts)
 
         return self._cached(session, project_id, server_id, dead_after, render) or None
 
@@ -83,12 +97,22 @@ class ServerViewCache:
             page = self._pages.get(key)
             if page is not None:
                 self._pages.move_to_end(key)
-        if page is not None and host_views(session, set(page.hosts), dead_after) == page.hosts:
-            return page.body
+        if page is not None:
+            if time.monotonic() < page.fresh_until:
+                return page.body
+            hosts = host_views(session, set(page.hosts), dead_after)
+            if _shown(hosts) == _shown(page.hosts):
+                page.checked(hosts, dead_after)
+                return page.body
         page = render()
+        page.checked(page.hosts, dead_after)
         with self._lock:
             self._pages[key] = page
             self._pages.move_to_end(key)
             while len(self._pages) > self._size:
                 self._pages.popitem(last=False)
         return page.body
+
+
+def _shown(hosts: dict[str, HostView]) -> dict[str, tuple[str, str]]:
+    return {host_id: (view.hostname, view.status) for host_id, view in hosts.items()}

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 from sqlalchemy import DateTime, Text, bindparam, cast, func, type_coerce
@@ -70,7 +70,7 @@ class Related:
     flavors: dict[str, tuple[str, int, int]]  # name, vcpus, ram_mib
     group_names: dict[str, str]
     volumes: dict[str, list[tuple[str, str | None]]]  # id, device (`attached_volume_rows`)
-    host_views: dict[str, tuple[str, str]]  # hypervisor hostname, host_status
+    hosts: dict[str, HostView]
 
 
 _LABEL = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -140,21 +140,28 @@ def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: fl
         else {},
         group_names={g[0]: g[1] for g in conn.execute(_GROUP_NAMES, {"ids": group_ids})} if group_ids else {},
         volumes=attached_volume_rows(session, ids),
-        host_views=host_views(session, {s[_HOST] for s in servers if s[_HOST]}, host_dead_seconds),
+        hosts=host_views(session, {s[_HOST] for s in servers if s[_HOST]}, host_dead_seconds),
     )
 
 
-def host_views(session: Session, host_ids: set[str], dead_after: float) -> dict[str, tuple[str, str]]:
-    """Per host id: (hypervisor hostname, host_status) as ServerDetail shows them now."""
+class HostView(NamedTuple):
+    hostname: str  # OS-EXT-SRV-ATTR:hypervisor_hostname
+    status: str  # host_status: UP, DOWN or MAINTENANCE
+    heartbeat_age: float  # seconds, when read
+
+
+def host_views(session: Session, host_ids: set[str], dead_after: float) -> dict[str, HostView]:
+    """What ServerDetail shows of each host, now."""
     if not host_ids:
         return {}
     now = utcnow()
-    return {
-        host_id: (hostname, _host_status(enabled, (now - heartbeat).total_seconds(), dead_after))
-        for host_id, hostname, enabled, heartbeat in session.connection().execute(
-            _HOSTS, {"ids": list(host_ids)}
-        )
-    }
+    views = {}
+    for host_id, hostname, enabled, heartbeat in session.connection().execute(
+        _HOSTS, {"ids": list(host_ids)}
+    ):
+        age = (now - heartbeat).total_seconds()
+        views[host_id] = HostView(hostname, _host_status(enabled, age, dead_after), age)
+    return views
 
 
 def server_detail_json(server: Sequence[Any], related: Related) -> bytes:
@@ -172,7 +179,7 @@ def server_detail_json(server: Sequence[Any], related: Related) -> bytes:
         tuple(related.volumes.get(sid, ())),
         related.flavors.get(server[_FLAVOR]),
         tuple(names.get(gid, gid) for gid in json_value(server[_GROUPS])),
-        related.host_views.get(host_id, ("", "")) if host_id else ("", ""),
+        related.hosts[host_id][:2] if host_id in related.hosts else ("", ""),
     )
     if len(server[_USER_DATA] or "") > CACHED_USER_DATA_MAX:
         return _render_detail(key)

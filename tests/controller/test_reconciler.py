@@ -8,7 +8,6 @@ where a heartbeat has to carry the news, with generous timeouts.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -32,8 +31,7 @@ from controller.models.server import Server
 from controller.reconciler import DOMAIN_MISSING, HOST_DOWN, TASK_TIMEOUT, Orphan, Report, run_once
 from controller.services.hosts import host_state
 from tests.controller.api.server_helpers import create_and_wait, make_net, row, server
-
-WAIT_S = 120.0
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -52,13 +50,6 @@ def boot(api: Any, count: int = 1) -> list[str]:
 def conn(agent_host: Any) -> libvirt.virConnect:
     """The agent's own libvirt connection: the only one that sees its test-driver domains."""
     return agent_host.service._host._connection()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"still waiting for {what} after {timeout} s"
-        time.sleep(0.05)
 
 
 def reconcile_until(api: Any, check: Callable[[Report], bool]) -> Report:

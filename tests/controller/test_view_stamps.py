@@ -13,7 +13,9 @@ from sqlmodel import Session, select
 
 from controller import migrations
 from controller.db import create_schema, make_engine
+from controller.models.common import utcnow
 from controller.models.flavor import Flavor
+from controller.models.host import Host
 from controller.models.network import SecurityGroup
 from controller.models.view_stamp import ALL_PROJECTS, ViewStamp
 from tests.support.postgres import on_both_databases
@@ -67,6 +69,34 @@ def test_every_write_bumps_the_stamp_of_its_project(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("UPDATE flavor SET vcpus = 32 WHERE id = 'x1.big'"))
     assert _stamp(engine, ALL_PROJECTS) == before + 2
+
+
+def test_hosts_bump_when_taken_out_or_renamed_not_on_heartbeats(engine: Engine) -> None:
+    with Session(engine) as session:
+        session.add(
+            Host(
+                id="h1",
+                hostname="hv1",
+                url="http://192.0.2.1:8081",
+                accelerator="tcg",
+                vcpus=2,
+                memory_mib=2048,
+                disk_gib=20,
+                availability_zone="az1",
+            )
+        )
+        session.commit()
+    added = _stamp(engine, ALL_PROJECTS)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE host SET last_heartbeat = :now"), {"now": utcnow()})
+    assert _stamp(engine, ALL_PROJECTS) == added
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE host SET enabled = false"))
+    assert _stamp(engine, ALL_PROJECTS) == added + 1
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE host SET hostname = 'hv2'"))
+        conn.execute(text("DELETE FROM host"))
+    assert _stamp(engine, ALL_PROJECTS) == added + 3
 
 
 def test_an_open_transaction_does_not_show_its_bump_to_others(engine: Engine) -> None:

@@ -55,6 +55,7 @@ from tests.controller.api.server_helpers import (
     wait_job,
 )
 from tests.support.postgres import on_both_databases
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -434,3 +435,23 @@ def test_listing_shows_what_another_controller_changed(api, agent_host, net) -> 
         assert listed().host_status == "MAINTENANCE"
     finally:
         other.dispose()
+
+
+def test_cached_views_turn_down_when_the_heartbeats_stop(api, agents, net, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A host going silent stamps nothing: cached views still show it DOWN once its last heartbeat is older
+    than host_dead_seconds, and UP again after its next heartbeat."""
+    host = agents.start()
+    monkeypatch.setattr(api.ctx.settings, "host_dead_seconds", 3.0)
+    ecs = api.ecs()
+    (server_id,), job = create_and_wait(ecs, server(net))
+    assert job.status == "SUCCESS"
+
+    def statuses() -> tuple[str, str]:
+        (listed,) = ecs.list_servers_details(ListServersDetailsRequest()).servers
+        return listed.host_status, show(ecs, server_id).host_status
+
+    assert statuses() == ("UP", "UP")
+    agents.stop_serving(host)
+    wait_for("the host shown DOWN", lambda: statuses() == ("DOWN", "DOWN"), timeout=30)
+    agents.serve_again(host)
+    wait_for("the host shown UP", lambda: statuses() == ("UP", "UP"), timeout=30)

@@ -26,20 +26,12 @@ from controller.models.network import Port
 from controller.services.servers import AGENT_UNREACHABLE
 from tests.controller.api.server_helpers import create, create_and_wait, make_net, row, server, wait_job
 from tests.e2e import journey
-
-WAIT_S = 120.0
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
 def api_settings(seed_image_file: Path) -> dict[str, Any]:
     return {"seed_image": seed_image_file, "host_dead_seconds": 60.0}
-
-
-def wait_for(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"still waiting for {what} after {WAIT_S} s"
-        time.sleep(0.05)
 
 
 def ports_of(api: Any, server_id: str) -> int:

@@ -7,8 +7,6 @@ connection (the test driver keeps its domains per connection).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +20,12 @@ from controller.models.job import Job
 from controller.services.auto_restart import AUTO_RESTART_KEY, wants_auto_restart
 from tests.controller.api.server_helpers import create_and_wait, make_net, row, server, wait_job
 from tests.e2e import journey
-
-WAIT_S = 120.0
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
 def api_settings(seed_image_file: Path) -> dict[str, Any]:
     return {"seed_image": seed_image_file, "power_settle_seconds": 0.0}
-
-
-def wait_for(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"still waiting for {what} after {WAIT_S} s"
-        time.sleep(0.05)
 
 
 def domain(agent_host: Any, server_id: str) -> libvirt.virDomain:
