@@ -25,7 +25,7 @@ from controller.services import host_identity, hosts, quotas
 router = APIRouter()
 
 
-def require_admin(caller: CallerDep) -> Caller:
+async def require_admin(caller: CallerDep) -> Caller:  # async: no I/O, no thread-pool hand-off
     if not caller.is_admin:
         raise Forbidden("This API needs an admin credential")
     return caller
