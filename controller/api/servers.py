@@ -79,8 +79,7 @@ def list_details(
         limit=limit,
     )
     ctx = request_ctx(request)
-    with Session(ctx.engine) as session:
-        body = ctx.view_cache.listing(session, caller.project_id, filters, ctx.settings.host_dead_seconds)
+    body = ctx.view_cache.listing(ctx.engine, caller.project_id, filters, ctx.settings.host_dead_seconds)
     return Response(body, media_type="application/json")
 
 
@@ -97,8 +96,7 @@ def show_limits(project_id: str, caller: ProjectCaller, request: Request) -> dic
 @router.get("/v1/{project_id}/cloudservers/{server_id}")
 def show(project_id: str, server_id: str, caller: ProjectCaller, request: Request) -> Response:
     ctx = request_ctx(request)
-    with Session(ctx.engine) as session:
-        body = ctx.view_cache.detail(session, caller.project_id, server_id, ctx.settings.host_dead_seconds)
+    body = ctx.view_cache.detail(ctx.engine, caller.project_id, server_id, ctx.settings.host_dead_seconds)
     if body is None:
         raise servers.not_found(server_id)
     return Response(body, media_type="application/json")

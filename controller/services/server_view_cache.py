@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, or_
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from controller.api.rendering import render_list
@@ -65,46 +66,54 @@ class ServerViewCache:
         self._size = pages
         self._lock = threading.Lock()
 
-    def listing(self, session: Session, project_id: str, filters: ServerFilters, dead_after: float) -> bytes:
+    def listing(self, engine: Engine, project_id: str, filters: ServerFilters, dead_after: float) -> bytes:
         """The `GET /cloudservers/detail` body."""
 
-        def render() -> _Page:
+        def render(session: Session) -> _Page:
             total, rows = list_servers(session, project_id, filters)
             related = load_related(session, rows, dead_after)
             body = render_list({"count": total}, "servers", (server_detail_json(s, related) for s in rows))
             return _Page(body, related.hosts)
 
-        return self._cached(session, project_id, filters, dead_after, render)
+        return self._cached(engine, project_id, filters, dead_after, render)
 
-    def detail(self, session: Session, project_id: str, server_id: str, dead_after: float) -> bytes | None:
+    def detail(self, engine: Engine, project_id: str, server_id: str, dead_after: float) -> bytes | None:
         """The `GET /cloudservers/{id}` body; None for a server the project does not have."""
 
-        def render() -> _Page:
+        def render(session: Session) -> _Page:
             row = server_row(session, project_id, server_id)
             if row is None:
                 return _Page(b"", {})
             related = load_related(session, [row], dead_after)
             return _Page(b'{"server":' + server_detail_json(row, related) + b"}", related.hosts)
 
-        return self._cached(session, project_id, server_id, dead_after, render) or None
+        return self._cached(engine, project_id, server_id, dead_after, render) or None
 
     def _cached(
-        self, session: Session, project_id: str, what: object, dead_after: float, render: Callable[[], _Page]
+        self,
+        engine: Engine,
+        project_id: str,
+        what: object,
+        dead_after: float,
+        render: Callable[[Session], _Page],
     ) -> bytes:
-        stamps = tuple((p, v) for p, v in session.connection().execute(_STAMPS, {"project_id": project_id}))
-        key = (project_id, what, stamps)
-        with self._lock:
-            page = self._pages.get(key)
+        # A plain connection, and an ORM session only to render: a hit costs one query and no session.
+        with engine.connect() as conn:
+            stamps = tuple((p, v) for p, v in conn.execute(_STAMPS, {"project_id": project_id}))
+            key = (project_id, what, stamps)
+            with self._lock:
+                page = self._pages.get(key)
+                if page is not None:
+                    self._pages.move_to_end(key)
             if page is not None:
-                self._pages.move_to_end(key)
-        if page is not None:
-            if time.monotonic() < page.fresh_until:
-                return page.body
-            hosts = host_views(session, set(page.hosts), dead_after)
-            if _shown(hosts) == _shown(page.hosts):
-                page.checked(hosts, dead_after)
-                return page.body
-        page = render()
+                if time.monotonic() < page.fresh_until:
+                    return page.body
+                hosts = host_views(conn, set(page.hosts), dead_after)
+                if _shown(hosts) == _shown(page.hosts):
+                    page.checked(hosts, dead_after)
+                    return page.body
+            with Session(bind=conn) as session:
+                page = render(session)
         page.checked(page.hosts, dead_after)
         with self._lock:
             self._pages[key] = page

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 from sqlalchemy import DateTime, Text, bindparam, cast, func, type_coerce
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from controller.errors import BadRequest
@@ -140,7 +141,7 @@ def load_related(session: Session, servers: Sequence[Any], host_dead_seconds: fl
         else {},
         group_names={g[0]: g[1] for g in conn.execute(_GROUP_NAMES, {"ids": group_ids})} if group_ids else {},
         volumes=attached_volume_rows(session, ids),
-        hosts=host_views(session, {s[_HOST] for s in servers if s[_HOST]}, host_dead_seconds),
+        hosts=host_views(conn, {s[_HOST] for s in servers if s[_HOST]}, host_dead_seconds),
     )
 
 
@@ -150,15 +151,13 @@ class HostView(NamedTuple):
     heartbeat_age: float  # seconds, when read
 
 
-def host_views(session: Session, host_ids: set[str], dead_after: float) -> dict[str, HostView]:
+def host_views(conn: Connection, host_ids: set[str], dead_after: float) -> dict[str, HostView]:
     """What ServerDetail shows of each host, now."""
     if not host_ids:
         return {}
     now = utcnow()
     views = {}
-    for host_id, hostname, enabled, heartbeat in session.connection().execute(
-        _HOSTS, {"ids": list(host_ids)}
-    ):
+    for host_id, hostname, enabled, heartbeat in conn.execute(_HOSTS, {"ids": list(host_ids)}):
         age = (now - heartbeat).total_seconds()
         views[host_id] = HostView(hostname, _host_status(enabled, age, dead_after), age)
     return views
