@@ -332,6 +332,7 @@ class HostInfo(BaseModel):
     disk_gib: int
     availability_zone: str = "lab-1a"
     servers: list[ServerState] = Field(default_factory=list)
+    volumes: list[str] = Field(default_factory=list)  # ids of the volume files on this host
     underlay_ip: str | None = None  # this host's VTEP address; None: single-host, no overlay
     external_ip: str | None = None  # this host's address on the external network; None: it cannot serve EIPs
     # VPC id -> `OverlaySpec.digest()` of the overlay view this host applies, for every VPC network it has;

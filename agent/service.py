@@ -78,6 +78,7 @@ from agent.storage.layout import (
     instance_paths,
     remove_instance_dir,
     snapshot_path,
+    volume_ids,
     volume_path,
 )
 from agent.storage.seed import build_seed, dhcp_network_config
@@ -767,6 +768,7 @@ class AgentService:
                 ServerState(id=sid, power=power, accelerator=self.accelerator)
                 for sid, power in sorted(powers.items())
             ],
+            volumes=volume_ids(self.state_dir),
         )
 
     def set_overlay(self, vpc_id: str, spec: OverlaySpec) -> bool:

@@ -13,7 +13,9 @@ One pass (`run_once`) applies these rules; the loop (`ReconcilerLoop`) repeats i
   - an ERROR server whose fault is one of those two recovers when the host reports its domain again: ACTIVE if it
     runs (or is paused), SHUTOFF if not, fault cleared. Other ERRORs (a failed create…) stay for the user.
   - a domain (or stored spec) that no non-deleted server owns is an orphan: logged, in the report, and deleted
-    through the agent when `reconcile_orphans` is "delete".
+    through the agent when `reconcile_orphans` is "delete". So is a volume file that no volume placed on that
+    host owns (a leftover of a move or a delete cut short); a volume in a transitional status (a move, attach,
+    delete… under way) or changed since the report owns its files wherever they are.
   - a VPC whose overlay view on the host differs from the controller's (a missed push, an agent restarted from
     stale specs) is pushed the current view (`services.overlay_repair`); so is a security group whose rules or
     members on the host differ from the database's (`services.sg_repair`).
@@ -46,8 +48,12 @@ from controller.models.common import iso_z, utcnow
 from controller.models.host import Host
 from controller.models.job import INIT, RUNNING, Job
 from controller.models.server import Server
+from controller.models.volume import Volume
 from controller.services import host_usage, overlay_repair, sg_repair
 from controller.services.hosts import host_state
+from controller.services.volume_state import AVAILABLE, IN_USE
+from controller.services.volume_state import DELETED as VOLUME_DELETED
+from controller.services.volume_state import ERROR as VOLUME_ERROR
 from controller.state import ACTIVE, BUILD, DELETED, ERROR, SHUTOFF
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,12 @@ class Orphan:
     power: PowerState
 
 
+@dataclass(frozen=True, order=True)
+class OrphanVolume:
+    host_id: str
+    volume_id: str
+
+
 @dataclass
 class Report:
     """What one pass saw and did; server ids per rule."""
@@ -80,6 +92,8 @@ class Report:
     stuck: list[str] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
     orphans_deleted: list[str] = field(default_factory=list)
+    orphan_volumes: list[OrphanVolume] = field(default_factory=list)
+    orphan_volumes_deleted: list[str] = field(default_factory=list)
     overlays_repaired: list[str] = field(default_factory=list)  # "<host>/<vpc>": stale views pushed again
     groups_repaired: list[str] = field(default_factory=list)  # "<host>/<group>": stale groups pushed again
     usage_healed: list[str] = field(default_factory=list)  # hosts whose usage counters were recomputed
@@ -92,6 +106,7 @@ class Report:
             or self.recovered
             or self.stuck
             or self.orphans_deleted
+            or self.orphan_volumes_deleted
             or self.usage_healed
         )
 
@@ -137,15 +152,18 @@ def run_once(ctx: ControllerContext) -> Report:
     _fail_stuck(ctx, report)
     with session_scope(ctx.engine) as session:
         report.usage_healed = [drift.host_id for drift in host_usage.recompute(session)]
-    if report.changed or report.orphans:
+    if report.changed or report.orphans or report.orphan_volumes:
         log.info(
-            "reconciled: %d host-down, %d missing, %d recovered, %d stuck, %d orphans (%d deleted)",
+            "reconciled: %d host-down, %d missing, %d recovered, %d stuck, %d orphans (%d deleted), "
+            "%d orphan volume files (%d deleted)",
             len(report.host_down),
             len(report.missing),
             len(report.recovered),
             len(report.stuck),
             len(report.orphans),
             len(report.orphans_deleted),
+            len(report.orphan_volumes),
+            len(report.orphan_volumes_deleted),
         )
     return report
 
@@ -204,9 +222,12 @@ def _check_host(ctx: ControllerContext, host: Host, report: Report) -> None:
                 )
             ).all()
         )
+        owned_volumes = _owned_volumes(session, host.id, info.volumes, taken_at)
     for server_id, power in sorted(powers.items()):
         if server_id not in owned:
             _orphan(ctx, host, Orphan(host.id, server_id, power), report)
+    for volume_id in sorted(set(info.volumes) - owned_volumes):
+        _orphan_volume(ctx, host, volume_id, report)
     repaired = overlay_repair.repair_host(ctx, host, info.overlays)
     report.overlays_repaired += [f"{host.id}/{vpc_id}" for vpc_id in repaired]
     repaired = sg_repair.repair_host(ctx, host, info.security_groups)
@@ -261,6 +282,47 @@ def _orphan(ctx: ControllerContext, host: Host, orphan: Orphan, report: Report) 
         return
     report.orphans_deleted.append(orphan.server_id)
     log.info("orphan %s on host %s deleted", orphan.server_id, host.id)
+
+
+def _owned_volumes(session: Session, host_id: str, volume_ids: list[str], taken_at: datetime) -> set[str]:
+    """The reported volume files that a volume owns: placed on this host and not deleted, or busy (any
+    transitional status, or changed since the report was taken: a move or delete may be under way)."""
+    if not volume_ids:
+        return set()
+    settled = (AVAILABLE, IN_USE, VOLUME_ERROR, VOLUME_DELETED)
+    return set(
+        session.exec(
+            select(Volume.id).where(
+                col(Volume.id).in_(volume_ids),
+                or_(
+                    (col(Volume.host_id) == host_id) & (col(Volume.status) != VOLUME_DELETED),
+                    col(Volume.status).not_in(settled),
+                    col(Volume.updated_at) >= taken_at,
+                    col(Volume.deleted_at) >= taken_at,
+                ),
+            )
+        ).all()
+    )
+
+
+def _orphan_volume(ctx: ControllerContext, host: Host, volume_id: str, report: Report) -> None:
+    report.orphan_volumes.append(OrphanVolume(host.id, volume_id))
+    policy = ctx.settings.reconcile_orphans
+    log.warning(
+        "orphan volume file on host %s: %s is owned by no volume placed there; policy %s",
+        host.id,
+        volume_id,
+        policy,
+    )
+    if policy != "delete":
+        return
+    try:
+        ctx.agents.for_host(host).delete_volume(volume_id)  # refused while a domain there attaches it
+    except AgentClientError as exc:
+        log.warning("orphan volume file %s on host %s: delete failed: %s", volume_id, host.id, exc)
+        return
+    report.orphan_volumes_deleted.append(volume_id)
+    log.info("orphan volume file %s on host %s deleted", volume_id, host.id)
 
 
 # --- servers stuck in a task ---

@@ -81,6 +81,16 @@ def instance_ids(state_dir: Path) -> list[str]:
     return sorted(e.name for e in entries if e.is_dir() and _is_safe_id(e.name))
 
 
+def volume_ids(state_dir: Path) -> list[str]:
+    """The volumes that have a file under `<state>/volumes`."""
+    try:
+        entries = list((Path(state_dir) / "volumes").iterdir())
+    except FileNotFoundError:
+        return []
+    ids = (e.name.removesuffix(".qcow2") for e in entries if e.is_file() and e.name.endswith(".qcow2"))
+    return sorted(i for i in ids if _is_safe_id(i))
+
+
 def volume_path(state_dir: Path, volume_id: str) -> Path:
     """The file of one data volume. Pure: creates nothing (see `ensure_volumes_dir`)."""
     return _qcow2_file(state_dir, "volumes", "volume", volume_id)

@@ -21,14 +21,23 @@ from huaweicloudsdkecs.v2 import ShowServerRequest
 from sqlalchemy import update
 from sqlmodel import col
 
-from agent.storage.layout import instance_paths
+from agent.storage.layout import instance_paths, volume_path
 from agent.virt.domain_xml import METADATA_NS, domain_name
 from controller.db import session_scope
 from controller.models.common import utcnow
 from controller.models.host import Host
 from controller.models.job import INIT, RUNNING, Job
 from controller.models.server import Server
-from controller.reconciler import DOMAIN_MISSING, HOST_DOWN, TASK_TIMEOUT, Orphan, Report, run_once
+from controller.models.volume import Volume
+from controller.reconciler import (
+    DOMAIN_MISSING,
+    HOST_DOWN,
+    TASK_TIMEOUT,
+    Orphan,
+    OrphanVolume,
+    Report,
+    run_once,
+)
 from controller.services.hosts import host_state
 from tests.controller.api.server_helpers import create_and_wait, make_net, row, server
 from tests.support.waiting import wait_for
@@ -157,6 +166,48 @@ def test_orphan_disks_are_reported_then_deleted_by_policy(api, agent_host) -> No
     assert instance_paths(agent_host.settings.state_dir, sid).root_disk.exists()  # the owned server's stays
     assert row(api, sid).status == "ACTIVE"
     assert run_once(api.ctx).orphans == []
+
+
+def _volume_file(agent_host: Any, volume_id: str) -> Path:
+    path = volume_path(agent_host.settings.state_dir, volume_id)
+    path.parent.mkdir(exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1G"], check=True)
+    return path
+
+
+def _volume_row(api: Any, host_id: str, status: str) -> str:
+    with session_scope(api.ctx.engine) as session:
+        volume = Volume(
+            project_id=api.project_id, size=1, availability_zone="lab-1a", status=status, host_id=host_id
+        )
+        session.add(volume)
+        session.flush()
+        return volume.id
+
+
+def test_orphan_volume_files_are_reported_then_deleted_by_policy(api, agent_host) -> None:  # type: ignore[no-untyped-def]
+    """A volume file no volume placed on the host owns (an id the database never had; a stale copy of a volume
+    that lives on another host) is reported, then removed with `delete`; the files of volumes placed here, and
+    of a volume busy moving here, are left alone."""
+    host_id = agent_host.host_id
+    unknown = str(uuid.uuid4())
+    stale = _volume_row(api, "another-host", "available")
+    placed = _volume_row(api, host_id, "in-use")
+    moving = _volume_row(api, "another-host", "attaching")
+    files = {vid: _volume_file(agent_host, vid) for vid in (unknown, stale, placed, moving)}
+
+    assert api.ctx.settings.reconcile_orphans == "report"
+    report = run_once(api.ctx)
+    assert sorted(report.orphan_volumes) == sorted(
+        [OrphanVolume(host_id, unknown), OrphanVolume(host_id, stale)]
+    )
+    assert report.orphan_volumes_deleted == [] and all(f.exists() for f in files.values())
+
+    api.ctx.settings.reconcile_orphans = "delete"
+    report = run_once(api.ctx)
+    assert sorted(report.orphan_volumes_deleted) == sorted([unknown, stale])
+    assert [vid for vid, f in files.items() if f.exists()] == [placed, moving]
+    assert run_once(api.ctx).orphan_volumes == []
 
 
 def _stub_server(api: Any, status: str, task: str | None) -> str:
