@@ -42,9 +42,8 @@ MAX_LIMIT = 1000
 MAX_NICS = 12
 ROOT_DEVICE = "/dev/vda"
 FAULT_CODE = 500  # Nova and Huawei report faults with an HTTP-like integer code; ours goes into `details`
-VIEW_CACHE_SIZE = (
-    4096  # rendered ServerDetails kept (a few KiB each): a 1,000-server page, several times over
-)
+# Rendered ServerDetails kept (~1.5 KiB each): a 1,000-server page, several times over.
+VIEW_CACHE_SIZE = 4096
 CACHED_USER_DATA_MAX = 1024  # characters: user data is in the view, and up to 32 KiB
 
 
