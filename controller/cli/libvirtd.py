@@ -56,6 +56,10 @@ def render_libvirtd_conf(root: Path, log_file: Path) -> str:
         'auth_unix_ro = "none"\n'
         'auth_unix_rw = "none"\n'
         f'log_outputs = "3:file:{log_file}"\n'
+        # The agent's one connection carries every call; the default of 5 calls at once per client made the
+        # fifth of five parallel creates wait behind four slow domain starts.
+        "max_client_requests = 32\n"
+        "max_workers = 32\n"
     )
 
 
