@@ -90,6 +90,12 @@ def test_hosts_bump_when_taken_out_or_renamed_not_on_heartbeats(engine: Engine) 
     with engine.begin() as conn:
         conn.execute(text("UPDATE host SET last_heartbeat = :now"), {"now": utcnow()})
     assert _stamp(engine, ALL_PROJECTS) == added
+    with Session(engine) as session:  # a heartbeat as `register_host` records it: the same name again
+        host = session.get(Host, "h1")
+        assert host is not None
+        host.hostname, host.last_heartbeat = "hv1", utcnow()
+        session.commit()
+    assert _stamp(engine, ALL_PROJECTS) == added
     with engine.begin() as conn:
         conn.execute(text("UPDATE host SET enabled = false"))
     assert _stamp(engine, ALL_PROJECTS) == added + 1
