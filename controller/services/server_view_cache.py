@@ -23,7 +23,6 @@ from sqlalchemy import bindparam, or_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from controller.api.rendering import render_list
 from controller.models.view_stamp import ALL_PROJECTS, ViewStamp
 from controller.services.server_views import (
     HostView,
@@ -31,6 +30,7 @@ from controller.services.server_views import (
     host_views,
     list_servers,
     load_related,
+    render_page,
     server_detail_json,
     server_row,
 )
@@ -72,7 +72,7 @@ class ServerViewCache:
         def render(session: Session) -> _Page:
             total, rows = list_servers(session, project_id, filters)
             related = load_related(session, rows, dead_after)
-            body = render_list({"count": total}, "servers", (server_detail_json(s, related) for s in rows))
+            body = render_page(total, (server_detail_json(s, related) for s in rows))
             return _Page(body, related.hosts)
 
         return self._cached(engine, project_id, filters, dead_after, render)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -182,6 +182,12 @@ def server_detail_json(server: Sequence[Any], related: Related) -> bytes:
     if len(server[_USER_DATA] or "") > CACHED_USER_DATA_MAX:
         return _render_detail(key)
     return _render_detail_cached(key)
+
+
+def render_page(total: int, details: Iterable[bytes]) -> bytes:
+    """`{"count": total, "servers": [...]}` from ServerDetails already rendered: joined as bytes, so no tree of
+    1,000 dicts is built (or outlives a garbage-collector pass) on its way to the wire."""
+    return b'{"count":' + str(total).encode() + b',"servers":[' + b",".join(details) + b"]}"
 
 
 def _render_detail(key: tuple[Any, ...]) -> bytes:
@@ -361,7 +367,7 @@ def _timestamp(column: Any) -> Any:
     return type_coerce(column, DateTime()).label(column.key)
 
 
-# Exactly the columns `server_detail` and `load_related` read, under the Server attribute names.
+# Exactly the columns `_detail` and `load_related` read, under the Server attribute names.
 _DETAIL_COLUMNS = (
     Server.id,
     Server.project_id,
