@@ -35,7 +35,10 @@ from controller.services.server_views import (
     server_row,
 )
 
-PAGES_KEPT = 256  # views kept; a page of 1,000 servers is ~1.5 MB, one server ~1.5 kB
+# Views kept, by number and by size (a page of 1,000 servers is ~1.5 MB, one server ~1.5 kB); least recently
+# used first out. One view per (project, filters or server id): a newer stamp replaces the older view.
+VIEWS_KEPT = 256
+VIEW_BYTES_KEPT = 64 * 1024 * 1024
 
 _STAMPS = (
     select(ViewStamp.project_id, ViewStamp.version)
@@ -61,9 +64,10 @@ class _Page:
 
 
 class ServerViewCache:
-    def __init__(self, pages: int = PAGES_KEPT) -> None:
-        self._pages: OrderedDict[tuple[object, ...], _Page] = OrderedDict()
-        self._size = pages
+    def __init__(self) -> None:
+        # (project, what) -> (the stamps it was rendered under, the view)
+        self._views: OrderedDict[tuple[str, object], tuple[tuple[object, ...], _Page]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def listing(self, engine: Engine, project_id: str, filters: ServerFilters, dead_after: float) -> bytes:
@@ -100,11 +104,12 @@ class ServerViewCache:
         # A plain connection, and an ORM session only to render: a hit costs one query and no session.
         with engine.connect() as conn:
             stamps = tuple((p, v) for p, v in conn.execute(_STAMPS, {"project_id": project_id}))
-            key = (project_id, what, stamps)
+            key = (project_id, what)
             with self._lock:
-                page = self._pages.get(key)
+                kept = self._views.get(key)
+                page = kept[1] if kept is not None and kept[0] == stamps else None
                 if page is not None:
-                    self._pages.move_to_end(key)
+                    self._views.move_to_end(key)
             if page is not None:
                 if time.monotonic() < page.fresh_until:
                     return page.body
@@ -115,12 +120,19 @@ class ServerViewCache:
             with Session(bind=conn) as session:
                 page = render(session)
         page.checked(page.hosts, dead_after)
-        with self._lock:
-            self._pages[key] = page
-            self._pages.move_to_end(key)
-            while len(self._pages) > self._size:
-                self._pages.popitem(last=False)
+        self._keep(key, stamps, page)
         return page.body
+
+    def _keep(self, key: tuple[str, object], stamps: tuple[object, ...], page: _Page) -> None:
+        with self._lock:
+            replaced = self._views.pop(key, None)
+            if replaced is not None:
+                self._bytes -= len(replaced[1].body)
+            self._views[key] = (stamps, page)
+            self._bytes += len(page.body)
+            while len(self._views) > VIEWS_KEPT or self._bytes > VIEW_BYTES_KEPT:
+                _, (_, evicted) = self._views.popitem(last=False)
+                self._bytes -= len(evicted.body)
 
 
 def _shown(hosts: dict[str, HostView]) -> dict[str, tuple[str, str]]:
