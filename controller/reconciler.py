@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -265,23 +266,10 @@ def _judge(
 
 def _orphan(ctx: ControllerContext, host: Host, orphan: Orphan, report: Report) -> None:
     report.orphans.append(orphan)
-    policy = ctx.settings.reconcile_orphans
-    log.warning(
-        "orphan on host %s: server %s (%s) is owned by no server in the database; policy %s",
-        host.id,
-        orphan.server_id,
-        orphan.power,
-        policy,
-    )
-    if policy != "delete":
-        return
-    try:
-        ctx.agents.for_host(host).delete_server(orphan.server_id)
-    except AgentClientError as exc:
-        log.warning("orphan %s on host %s: delete failed: %s", orphan.server_id, host.id, exc)
-        return
-    report.orphans_deleted.append(orphan.server_id)
-    log.info("orphan %s on host %s deleted", orphan.server_id, host.id)
+    what = f"server {orphan.server_id} ({orphan.power})"
+    agent = ctx.agents.for_host(host)
+    if _apply_orphan_policy(ctx, host, what, lambda: agent.delete_server(orphan.server_id)):
+        report.orphans_deleted.append(orphan.server_id)
 
 
 def _owned_volumes(session: Session, host_id: str, volume_ids: list[str], taken_at: datetime) -> set[str]:
@@ -307,22 +295,24 @@ def _owned_volumes(session: Session, host_id: str, volume_ids: list[str], taken_
 
 def _orphan_volume(ctx: ControllerContext, host: Host, volume_id: str, report: Report) -> None:
     report.orphan_volumes.append(OrphanVolume(host.id, volume_id))
+    agent = ctx.agents.for_host(host)  # the agent refuses while a domain there attaches the volume
+    if _apply_orphan_policy(ctx, host, f"volume file {volume_id}", lambda: agent.delete_volume(volume_id)):
+        report.orphan_volumes_deleted.append(volume_id)
+
+
+def _apply_orphan_policy(ctx: ControllerContext, host: Host, what: str, delete: Callable[[], None]) -> bool:
+    """Log an orphan, and delete it through `delete` when `reconcile_orphans` says so; True if it was deleted."""
     policy = ctx.settings.reconcile_orphans
-    log.warning(
-        "orphan volume file on host %s: %s is owned by no volume placed there; policy %s",
-        host.id,
-        volume_id,
-        policy,
-    )
+    log.warning("orphan on host %s: %s is owned by nothing in the database; policy %s", host.id, what, policy)
     if policy != "delete":
-        return
+        return False
     try:
-        ctx.agents.for_host(host).delete_volume(volume_id)  # refused while a domain there attaches it
+        delete()
     except AgentClientError as exc:
-        log.warning("orphan volume file %s on host %s: delete failed: %s", volume_id, host.id, exc)
-        return
-    report.orphan_volumes_deleted.append(volume_id)
-    log.info("orphan volume file %s on host %s deleted", volume_id, host.id)
+        log.warning("orphan %s on host %s: delete failed: %s", what, host.id, exc)
+        return False
+    log.info("orphan %s on host %s deleted", what, host.id)
+    return True
 
 
 # --- servers stuck in a task ---

@@ -17,8 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from tests.controller.api.helpers import create_subnet, create_vpc
 from tests.controller.api.server_helpers import FLAVOR, create, wait_job
 from tests.controller.conftest import AGENT_NODE_XML, ApiClients
 from tests.e2e import journey
+from tests.support.waiting import wait_for
 
 WAIT_S = 180.0
 DEAD_AFTER_S = 6.0  # host_dead_seconds: generous against a busy machine, short for the test
@@ -49,13 +49,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"still waiting for {what} after {timeout} s"
-        time.sleep(0.2)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -126,7 +119,7 @@ def lab(tmp_path: Path, seed_image_file: Path) -> Iterator[Lab]:
     daemons = [controller]
     try:
         controller.start()
-        wait_for("the controller", lambda: _answers(f"{endpoint}/healthz"))
+        wait_for("the controller", lambda: _answers(f"{endpoint}/healthz"), timeout=WAIT_S)
         creds = json.loads((home / "credentials.json").read_text())
         token = (home / "join-token").read_text().strip()
         lab = Lab(tmp_path, controller, ApiClients(endpoint, creds["ak"], creds["sk"], creds["project_id"]))
@@ -153,7 +146,9 @@ def lab(tmp_path: Path, seed_image_file: Path) -> Iterator[Lab]:
             lab.agents[name] = agent
             daemons.append(agent)
             agent.start()
-        wait_for("three hosts up", lambda: zones(lab) == {"lab-1a": "enable", "lab-1b": "enable"})
+        wait_for(
+            "three hosts up", lambda: zones(lab) == {"lab-1a": "enable", "lab-1b": "enable"}, timeout=WAIT_S
+        )
         yield lab
     finally:
         for daemon in reversed(daemons):
@@ -214,8 +209,10 @@ def test_dead_zone_with_simulated_hypervisor_agent_processes(lab: Lab) -> None:
 
     for name in ("b1", "b2"):
         lab.agents[name].kill()
-    wait_for("lab-1b down", lambda: zones(lab) == {"lab-1a": "enable", "lab-1b": "disable"})
-    wait_for("lab-1b's servers ERROR", lambda: {show(lab, s).status for s in in_b} == {"ERROR"})
+    wait_for("lab-1b down", lambda: zones(lab) == {"lab-1a": "enable", "lab-1b": "disable"}, timeout=WAIT_S)
+    wait_for(
+        "lab-1b's servers ERROR", lambda: {show(lab, s).status for s in in_b} == {"ERROR"}, timeout=WAIT_S
+    )
     for sid in in_b:
         shown = show(lab, sid)
         assert shown.host_status == "DOWN"
@@ -243,8 +240,10 @@ def test_dead_zone_with_simulated_hypervisor_agent_processes(lab: Lab) -> None:
     # The zone returns: restarted agents rebuild their domains and the servers recover.
     for name in ("b1", "b2"):
         lab.agents[name].start()
-    wait_for("lab-1b up", lambda: zones(lab) == {"lab-1a": "enable", "lab-1b": "enable"})
-    wait_for("lab-1b's servers ACTIVE", lambda: {show(lab, s).status for s in in_b} == {"ACTIVE"})
+    wait_for("lab-1b up", lambda: zones(lab) == {"lab-1a": "enable", "lab-1b": "enable"}, timeout=WAIT_S)
+    wait_for(
+        "lab-1b's servers ACTIVE", lambda: {show(lab, s).status for s in in_b} == {"ACTIVE"}, timeout=WAIT_S
+    )
     for sid in in_b:
         shown = show(lab, sid)
         assert shown.host_status == "UP" and not shown.fault

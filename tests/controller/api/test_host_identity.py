@@ -6,7 +6,6 @@ reinstalled host register anew. Real controller, real test-driver agents."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import pytest
@@ -19,8 +18,7 @@ from controller.cli.main import main
 from controller.models.host import Host
 from tests.controller.api.test_admin_hosts import client_for, hosts
 from tests.controller.api.test_join_tokens import heartbeat, refused
-
-WAIT_S = 120.0
+from tests.support.waiting import wait_for
 
 
 def record(api: Any, host_id: str) -> tuple[str, str, str | None]:
@@ -36,13 +34,6 @@ def last_heartbeat(api: Any, host_id: str) -> Any:
         host = session.get(Host, host_id)
     assert host is not None
     return host.last_heartbeat
-
-
-def wait_for(what: str, done: Any) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not done():
-        assert time.monotonic() < deadline, f"{what} did not happen"
-        time.sleep(0.1)
 
 
 def refusals_of(caplog: pytest.LogCaptureFixture, host_id: str, url: str) -> int:
